@@ -1,0 +1,292 @@
+//! The frozen MobileNetV2: where an image becomes a 1280-d embedding (and, for a full classifier
+//! file, ImageNet scores).
+//!
+//! The ONNX graph is loaded once, given a concrete input shape, cut at the nodes we need and
+//! optimised once; every frame after that is one `run` of the same plan.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use image::RgbImage;
+use thiserror::Error;
+use tract_onnx::prelude::*;
+
+use crate::models::{InputDtype, Layout, ModelSpec, ResolvedModel, ScoresKind};
+use crate::preprocess;
+
+/// Width of MobileNetV2 1.0's pooled feature vector.
+pub const EMBEDDING_DIM: usize = 1280;
+
+#[derive(Debug, Error)]
+pub enum BackboneError {
+    #[error("{path}: cannot load model '{name}': {reason}")]
+    Load {
+        path: String,
+        name: String,
+        reason: String,
+    },
+    #[error("model '{0}' is embedding-only and has no ImageNet scores; use a full classifier model (see `edge-mnv2 models`)")]
+    NoScores(String),
+    #[error("{path}: label file: {reason}")]
+    Labels { path: String, reason: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// What one forward pass returns.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub embedding: Vec<f32>,
+    /// Class probabilities (softmax applied when the model emits logits).
+    pub scores: Option<Vec<f32>>,
+}
+
+pub struct Backbone {
+    spec: ModelSpec,
+    sha256: String,
+    plan: Arc<TypedRunnableModel>,
+    labels: Option<Vec<String>>,
+    with_scores: bool,
+}
+
+impl std::fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backbone")
+            .field("model", &self.spec.name)
+            .finish()
+    }
+}
+
+impl Backbone {
+    /// Loads and optimises the model for batch-1 frames. `with_scores` keeps the classifier
+    /// layers; without it the graph is cut at the pooled features and the rest is dropped.
+    pub fn load(model: &ResolvedModel, with_scores: bool) -> Result<Backbone, BackboneError> {
+        let spec = &model.spec;
+        if with_scores && !spec.has_scores() {
+            return Err(BackboneError::NoScores(spec.name.clone()));
+        }
+        let load_err = |reason: String| BackboneError::Load {
+            path: model.path.display().to_string(),
+            name: spec.name.clone(),
+            reason,
+        };
+        let plan =
+            build_plan(&model.path, spec, with_scores).map_err(|e| load_err(format!("{e:#}")))?;
+        let labels = match (with_scores, model.labels_path()) {
+            (false, _) => None,
+            (true, Some(p)) => Some(read_labels(&p, spec.classes)?),
+            (true, None) => {
+                return Err(BackboneError::Labels {
+                    path: spec.labels.clone(),
+                    reason: "not found next to the model or in the models directories".into(),
+                })
+            }
+        };
+        Ok(Backbone {
+            spec: spec.clone(),
+            sha256: model.sha256.clone(),
+            plan,
+            labels,
+            with_scores,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The square side images are resized to before [`Backbone::embed`].
+    pub fn input_size(&self) -> u32 {
+        self.spec.input.size
+    }
+
+    pub fn labels(&self) -> Option<&[String]> {
+        self.labels.as_deref()
+    }
+
+    /// Runs one image of any size (resized as documented in [`preprocess`]).
+    pub fn run(&self, img: &RgbImage) -> Result<Outputs, BackboneError> {
+        let fitted = preprocess::fit(img, self.input_size());
+        let input = preprocess::to_tensor(&self.spec.input, &[&fitted]);
+        let outputs = self
+            .plan
+            .run(tvec!(input.into()))
+            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        let embedding = f32_values(&outputs[0])?;
+        let scores = if self.with_scores {
+            let raw = f32_values(&outputs[1])?;
+            Some(match self.spec.scores_kind {
+                ScoresKind::Probabilities => raw,
+                ScoresKind::Logits => softmax(&raw),
+            })
+        } else {
+            None
+        };
+        Ok(Outputs { embedding, scores })
+    }
+
+    /// The 1280-d pooled embedding of one image.
+    pub fn embed(&self, img: &RgbImage) -> Result<Vec<f32>, BackboneError> {
+        Ok(self.run(img)?.embedding)
+    }
+
+    /// The `k` most probable ImageNet classes as (index, label, probability).
+    pub fn classify(
+        &self,
+        img: &RgbImage,
+        k: usize,
+    ) -> Result<Vec<(usize, String, f32)>, BackboneError> {
+        let scores = self
+            .run(img)?
+            .scores
+            .ok_or_else(|| BackboneError::NoScores(self.spec.name.clone()))?;
+        let labels = self.labels.as_deref().unwrap_or(&[]);
+        Ok(top_k(&scores, k)
+            .into_iter()
+            .map(|(i, p)| {
+                (
+                    i,
+                    labels
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| format!("class {i}")),
+                    p,
+                )
+            })
+            .collect())
+    }
+}
+
+fn f32_values(t: &Tensor) -> Result<Vec<f32>, BackboneError> {
+    t.try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
+        .map_err(|e| BackboneError::Run(format!("{e:#}")))
+}
+
+fn build_plan(
+    path: &Path,
+    spec: &ModelSpec,
+    with_scores: bool,
+) -> TractResult<Arc<TypedRunnableModel>> {
+    let mut model = tract_onnx::onnx().model_for_path(path)?;
+    let s = spec.input.size as usize;
+    let shape: [usize; 4] = match spec.input.layout {
+        Layout::Nhwc => [1, s, s, 3],
+        Layout::Nchw => [1, 3, s, s],
+    };
+    let dt = match spec.input.dtype {
+        InputDtype::U8 => u8::datum_type(),
+        InputDtype::F32 => f32::datum_type(),
+    };
+    model.set_input_fact(0, InferenceFact::dt_shape(dt, shape))?;
+    let embedding = if spec.embedding.is_empty() {
+        find_global_pool(&model)?
+    } else {
+        spec.embedding.clone()
+    };
+    let mut outputs = vec![embedding];
+    if with_scores {
+        outputs.push(if spec.scores.is_empty() {
+            let out = model.output_outlets()?[0];
+            model.node(out.node).name.clone()
+        } else {
+            spec.scores.clone()
+        });
+    }
+    model.select_outputs_by_name(&outputs)?;
+    let model = model.into_optimized()?;
+    let emb_fact = model.output_fact(0)?;
+    let emb_len: usize = emb_fact
+        .shape
+        .as_concrete()
+        .map(|d| d.iter().product())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        emb_len == EMBEDDING_DIM && emb_fact.datum_type == f32::datum_type(),
+        "embedding node {} gives {:?}, expected {EMBEDDING_DIM} f32 values",
+        outputs[0],
+        emb_fact
+    );
+    model.into_runnable()
+}
+
+/// For files whose manifest entry names no embedding node: the last global pooling node.
+fn find_global_pool(model: &InferenceModel) -> TractResult<String> {
+    model
+        .eval_order()?
+        .into_iter()
+        .rev()
+        .map(|id| model.node(id))
+        .find(|n| {
+            let op = n.op.name();
+            op.contains("GlobalAveragePool") || op.contains("AveragePool") || op.contains("Reduce")
+        })
+        .map(|n| n.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("no global average pool found to take the embedding from"))
+}
+
+fn read_labels(path: &Path, classes: usize) -> Result<Vec<String>, BackboneError> {
+    let text = std::fs::read_to_string(path).map_err(|e| BackboneError::Labels {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    if labels.len() != classes {
+        return Err(BackboneError::Labels {
+            path: path.display().to_string(),
+            reason: format!(
+                "has {} labels, the model has {classes} classes",
+                labels.len()
+            ),
+        });
+    }
+    Ok(labels)
+}
+
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// Indices and values of the `k` largest entries, largest first (ties: lower index first).
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, scores[i])).collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    (dot / (na * nb)) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_breaks_ties_by_index() {
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.5, 0.2], 3),
+            vec![(1, 0.5), (2, 0.5), (3, 0.2)]
+        );
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let p = softmax(&[1000.0, 1000.0, 0.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
+    }
+}

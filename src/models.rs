@@ -1,0 +1,353 @@
+//! The model manifest (`models/manifest.toml`) and where model files are found.
+//!
+//! A model is named on the command line (`--model NAME`) or given as a path. Names resolve through
+//! [`search_dirs`]; every file's sha256 is checked against the manifest before it is used, so a
+//! truncated download or a wrong file is refused before tract ever parses it.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The manifest, compiled in so the binary is self-contained on a board.
+const MANIFEST_TOML: &str = include_str!("../models/manifest.toml");
+
+/// Environment variable naming an extra models directory, searched first.
+pub const MODELS_ENV: &str = "EDGE_MNV2_MODELS";
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("unknown model '{name}' (known: {known}); see `edge-mnv2 models`")]
+    UnknownName { name: String, known: String },
+    #[error("model '{name}' ({file}) not found in {searched}; see the README for how to get it")]
+    NotFound {
+        name: String,
+        file: String,
+        searched: String,
+    },
+    #[error("{path}: checksum mismatch for model '{name}': sha256 is {actual}, the manifest expects {expected} (corrupt or wrong file)")]
+    ChecksumMismatch {
+        path: PathBuf,
+        name: String,
+        actual: String,
+        expected: String,
+    },
+    #[error(
+        "{path}: not a known model file (sha256 {sha256} matches no entry of models/manifest.toml)"
+    )]
+    UnknownFile { path: PathBuf, sha256: String },
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nhwc,
+    Nchw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputDtype {
+    /// Raw 0..255 pixels; the model does its own normalisation.
+    U8,
+    /// `(x / 255 - mean) / std` per channel.
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoresKind {
+    Probabilities,
+    Logits,
+}
+
+/// What a model expects as input: everything preprocessing needs to know.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InputSpec {
+    pub layout: Layout,
+    pub dtype: InputDtype,
+    pub size: u32,
+    #[serde(default)]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub std: Option<[f32; 3]>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    pub file: String,
+    pub sha256: String,
+    pub url: String,
+    pub description: String,
+    pub format: String,
+    pub input: InputSpec,
+    pub embedding: String,
+    pub scores: String,
+    pub scores_kind: ScoresKind,
+    pub labels: String,
+    pub classes: usize,
+    pub licence: String,
+}
+
+impl ModelSpec {
+    /// Whether the file carries ImageNet class scores (a full classifier) or only features.
+    pub fn has_scores(&self) -> bool {
+        self.classes > 0
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub default: String,
+    #[serde(rename = "model")]
+    pub models: Vec<ModelSpec>,
+}
+
+impl Manifest {
+    /// The manifest shipped in the binary. It is checked by a unit test, so a parse failure here
+    /// cannot reach a user.
+    pub fn builtin() -> Manifest {
+        toml::from_str(MANIFEST_TOML).expect("models/manifest.toml is valid (unit-tested)")
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    fn known_names(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A model file located on disk and matched to its manifest entry.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    pub spec: ModelSpec,
+    pub path: PathBuf,
+    /// The models directory the file was found in; label files are looked up there first.
+    pub root: Option<PathBuf>,
+    pub sha256: String,
+}
+
+impl ResolvedModel {
+    /// The label file for this model's class scores, if it has any.
+    pub fn labels_path(&self) -> Option<PathBuf> {
+        if self.spec.labels.is_empty() {
+            return None;
+        }
+        let mut dirs: Vec<PathBuf> = self.root.iter().cloned().collect();
+        dirs.extend(search_dirs());
+        dirs.into_iter()
+            .map(|d| d.join(&self.spec.labels))
+            .find(|p| p.is_file())
+    }
+}
+
+/// Where model names are looked up, in order.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os(MODELS_ENV).filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from("models"));
+    dirs.push(PathBuf::from("../shared/models"));
+    if let Some(d) = cache_dir() {
+        dirs.push(d);
+    }
+    dirs
+}
+
+/// The per-user cache where `models fetch` stores downloads (`~/.cache/edge-mnv2/models`).
+pub fn cache_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("edge-mnv2").join("models"))
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    let io = |e: std::io::Error| ModelError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Where a manifest entry's file is, if anywhere, with the directory it was found in.
+pub fn locate(spec: &ModelSpec) -> Option<(PathBuf, PathBuf)> {
+    let basename = Path::new(&spec.file).file_name()?;
+    search_dirs().into_iter().find_map(|dir| {
+        [dir.join(&spec.file), dir.join(basename)]
+            .into_iter()
+            .find(|p| p.is_file())
+            .map(|p| (p, dir))
+    })
+}
+
+fn verify(
+    spec: &ModelSpec,
+    path: &Path,
+    root: Option<PathBuf>,
+) -> Result<ResolvedModel, ModelError> {
+    let sha256 = sha256_file(path)?;
+    if spec.sha256.is_empty() {
+        log::warn!(
+            "{}: model '{}' has no pinned checksum in the manifest; using it unverified (sha256 {sha256})",
+            path.display(),
+            spec.name
+        );
+    } else if sha256 != spec.sha256 {
+        return Err(ModelError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            name: spec.name.clone(),
+            actual: sha256,
+            expected: spec.sha256.clone(),
+        });
+    }
+    Ok(ResolvedModel {
+        spec: spec.clone(),
+        path: path.to_path_buf(),
+        root,
+        sha256,
+    })
+}
+
+fn looks_like_path(arg: &str) -> bool {
+    arg.contains(std::path::MAIN_SEPARATOR)
+        || arg.contains('/')
+        || arg.ends_with(".onnx")
+        || Path::new(arg).exists()
+}
+
+/// Resolves `--model` (a name, a path, or nothing for the default) to a verified file.
+pub fn resolve(manifest: &Manifest, arg: Option<&str>) -> Result<ResolvedModel, ModelError> {
+    let arg = arg.unwrap_or(&manifest.default);
+    if looks_like_path(arg) {
+        return resolve_path(manifest, Path::new(arg));
+    }
+    let spec = manifest.get(arg).ok_or_else(|| ModelError::UnknownName {
+        name: arg.to_string(),
+        known: manifest.known_names(),
+    })?;
+    let (path, root) = locate(spec).ok_or_else(|| ModelError::NotFound {
+        name: spec.name.clone(),
+        file: spec.file.clone(),
+        searched: search_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    verify(spec, &path, Some(root))
+}
+
+/// A path is matched to its manifest entry by checksum, or else by file name (and then the
+/// checksum must match, or be unpinned).
+fn resolve_path(manifest: &Manifest, path: &Path) -> Result<ResolvedModel, ModelError> {
+    if path.is_dir() {
+        return Err(ModelError::Io {
+            path: path.to_path_buf(),
+            reason: "is a directory, expected a model file".into(),
+        });
+    }
+    let sha256 = sha256_file(path)?;
+    if let Some(spec) = manifest.models.iter().find(|m| m.sha256 == sha256) {
+        return Ok(ResolvedModel {
+            spec: spec.clone(),
+            path: path.to_path_buf(),
+            root: models_root_of(path, spec),
+            sha256,
+        });
+    }
+    let basename = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match manifest
+        .models
+        .iter()
+        .find(|m| Path::new(&m.file).file_name().and_then(|n| n.to_str()) == Some(basename))
+    {
+        Some(spec) => verify(spec, path, models_root_of(path, spec)),
+        None => Err(ModelError::UnknownFile {
+            path: path.to_path_buf(),
+            sha256,
+        }),
+    }
+}
+
+/// The models directory a file sits in, undoing the manifest's relative `file` path
+/// (`derived/x.onnx` found at `/m/derived/x.onnx` has root `/m`).
+fn models_root_of(path: &Path, spec: &ModelSpec) -> Option<PathBuf> {
+    let depth = Path::new(&spec.file).components().count();
+    let mut root = path.to_path_buf();
+    for _ in 0..depth {
+        root = root.parent()?.to_path_buf();
+    }
+    let root = if root.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        root
+    };
+    if root.join(&spec.file) == path {
+        Some(root)
+    } else {
+        path.parent().map(Path::to_path_buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_manifest_parses_and_default_exists() {
+        let m = Manifest::builtin();
+        assert!(m.get(&m.default).is_some());
+        for spec in &m.models {
+            assert_eq!(spec.format, "onnx", "{}", spec.name);
+            assert!(
+                spec.sha256.is_empty() || spec.sha256.len() == 64,
+                "{}",
+                spec.name
+            );
+            if spec.input.dtype == InputDtype::F32 {
+                assert!(
+                    spec.input.mean.is_some() && spec.input.std.is_some(),
+                    "{}",
+                    spec.name
+                );
+            }
+            if spec.has_scores() {
+                assert!(!spec.labels.is_empty(), "{}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn root_of_nested_file() {
+        let m = Manifest::builtin();
+        let spec = m.get("mnv2-1.0-224-dequant").unwrap();
+        let root = models_root_of(
+            Path::new("/x/y/derived/mnv2_1.0_224_dequant.f32out.onnx"),
+            spec,
+        );
+        assert_eq!(root, Some(PathBuf::from("/x/y")));
+        let flat = models_root_of(Path::new("/x/mnv2_1.0_224_dequant.f32out.onnx"), spec);
+        assert_eq!(flat, Some(PathBuf::from("/x")));
+    }
+}
