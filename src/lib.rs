@@ -3,10 +3,24 @@
 //!
 //! - [`models`]: the model manifest, lookup and checksum verification.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor.
-//! - [`backbone`]: image → 1280-d embedding (and ImageNet scores) — `Backbone::embed`.
+//! - [`backbone`]: image → 1280-d embedding (and ImageNet scores): `Backbone::embed`.
+//! - [`augment`]: random flip / rotation / zoom views for training.
+//! - [`dataset`]: a labelled folder and its deterministic splits.
+//! - [`features`]: embeddings of a whole image set, in parallel, with the on-disk cache.
+//! - [`head`]: embedding → label: `Head::predict`, `Head::train`, the head file.
+//! - [`metrics`]: held-out accuracy, per-class precision/recall/F1, confusion matrix.
+//! - [`classifier`]: backbone + head checked to belong together.
+//! - [`finetune`]: the `finetune` / `evaluate` jobs and their reports.
 //! - [`fsutil`]: atomic file writes.
 
+pub mod augment;
 pub mod backbone;
+pub mod classifier;
+pub mod dataset;
+pub mod features;
+pub mod finetune;
 pub mod fsutil;
+pub mod head;
+pub mod metrics;
 pub mod models;
 pub mod preprocess;

@@ -9,9 +9,16 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use edge_mnv2::augment::AugmentParams;
 use edge_mnv2::backbone::Backbone;
+use edge_mnv2::classifier::Classifier;
+use edge_mnv2::dataset::SplitFractions;
+use edge_mnv2::finetune::{self, FinetuneOptions};
+use edge_mnv2::head::{Head, TrainConfig};
 use edge_mnv2::models::{self, Manifest};
-use edge_mnv2::{fsutil, preprocess};
+use edge_mnv2::{features, fsutil, preprocess};
+
+mod progress;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +36,35 @@ struct ModelArg {
     /// Model name from `edge-mnv2 models`, or a path to a model file
     #[arg(long, short = 'm', value_name = "PATH|NAME")]
     model: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Worker threads for embedding (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Embedding cache directory (default: $EDGE_MNV2_CACHE or ~/.cache/edge-mnv2/embeddings)
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Do not read or write the embedding cache
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl RunArgs {
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache.clone().or_else(features::default_cache_dir)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -59,6 +95,89 @@ enum Command {
         /// Write to FILE (atomically) instead of stdout
         #[arg(long, short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+    },
+    /// Train a classifier head on a folder of labelled images and evaluate it on a held-out split
+    ///
+    /// DATA is either DATA/<class>/<image> (split 70/15/15 by a hash of each path) or
+    /// DATA/{train,val,test}/<class>/<image>. Writes head.json, report.json and report.md to --out.
+    Finetune {
+        /// The labelled image folder
+        data: PathBuf,
+        /// Output directory for head.json, report.json and report.md
+        #[arg(long, short = 'o', default_value = "edge-mnv2-out")]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArg,
+        /// Maximum number of epochs
+        #[arg(long, default_value_t = TrainConfig::default().epochs)]
+        epochs: usize,
+        /// Stop after this many epochs without a better validation loss
+        #[arg(long, default_value_t = TrainConfig::default().patience)]
+        patience: usize,
+        /// Adam learning rate
+        #[arg(long, default_value_t = TrainConfig::default().lr)]
+        lr: f32,
+        #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+        batch_size: usize,
+        /// L2 weight decay on the head's weights
+        #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+        weight_decay: f32,
+        /// Augmented views per training image (0 turns augmentation off)
+        #[arg(long, default_value_t = 2)]
+        augment: usize,
+        /// Maximum rotation of an augmented view, in degrees
+        #[arg(long, default_value_t = AugmentParams::default().rotate_deg)]
+        rotate: f32,
+        /// Maximum zoom of an augmented view (0.15 = ±15%)
+        #[arg(long, default_value_t = AugmentParams::default().zoom)]
+        zoom: f32,
+        /// Never flip augmented views horizontally
+        #[arg(long)]
+        no_flip: bool,
+        /// Do not weight classes by inverse frequency
+        #[arg(long)]
+        no_class_weights: bool,
+        /// Do not standardise embeddings before the head
+        #[arg(long)]
+        no_standardize: bool,
+        /// Split for DATA/<class>/<image>: train/val/test percentages
+        #[arg(long, default_value = "70/15/15")]
+        split: SplitFractions,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Print report.json to stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a trained head on a <class>/<image> folder
+    Evaluate {
+        /// head.json, or the directory finetune wrote it to
+        #[arg(long, value_name = "DIR|FILE")]
+        head: PathBuf,
+        #[command(flatten)]
+        model: ModelArg,
+        /// Folder of <class>/<image> with the head's class names
+        testdir: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Print the metrics as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Label images with a trained head
+    Predict {
+        /// head.json, or the directory finetune wrote it to
+        #[arg(long, value_name = "DIR|FILE")]
+        head: PathBuf,
+        #[command(flatten)]
+        model: ModelArg,
+        /// One JSON object per image on stdout
+        #[arg(long)]
+        json: bool,
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
     },
@@ -114,7 +233,174 @@ fn run(cli: Cli) -> Result<ExitCode> {
             images,
         } => embed(model.model.as_deref(), json, out.as_deref(), &images),
         Command::Models { json } => list_models(json),
+        Command::Finetune {
+            data,
+            out,
+            model,
+            epochs,
+            patience,
+            lr,
+            batch_size,
+            weight_decay,
+            augment,
+            rotate,
+            zoom,
+            no_flip,
+            no_class_weights,
+            no_standardize,
+            split,
+            seed,
+            run,
+            json,
+        } => {
+            let opts = FinetuneOptions {
+                data,
+                out,
+                split,
+                train: TrainConfig {
+                    epochs,
+                    patience,
+                    lr,
+                    batch_size,
+                    weight_decay,
+                    class_weighting: !no_class_weights,
+                    standardize: !no_standardize,
+                    seed,
+                },
+                augment,
+                augment_params: AugmentParams {
+                    flip: !no_flip,
+                    rotate_deg: rotate,
+                    zoom,
+                },
+                threads: run.threads(),
+                cache_dir: run.cache_dir(),
+            };
+            finetune_cmd(model.model.as_deref(), &opts, json)
+        }
+        Command::Evaluate {
+            head,
+            model,
+            testdir,
+            run,
+            json,
+        } => evaluate_cmd(&head, model.model.as_deref(), &testdir, &run, json),
+        Command::Predict {
+            head,
+            model,
+            json,
+            images,
+        } => predict_cmd(&head, model.model.as_deref(), json, &images),
     }
+}
+
+fn finetune_cmd(model: Option<&str>, opts: &FinetuneOptions, json: bool) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let cancel = progress::cancel_on_ctrl_c();
+    let backbone = load_backbone(model, false)?;
+    let progress = progress::Terminal::new();
+    let report = finetune::finetune(&backbone, opts, started, cancel, &progress)?;
+    if json {
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&report)?
+        )?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        match &report.test {
+            Some(t) => writeln!(
+                out,
+                "test accuracy {:.4}, balanced accuracy {:.4}, macro F1 {:.4} on {} held-out images",
+                t.accuracy, t.balanced_accuracy, t.macro_f1, t.samples
+            )?,
+            None => writeln!(out, "no held-out test images: no test metrics")?,
+        }
+        writeln!(
+            out,
+            "{} epochs (best {}), {:.1} s total; wrote {}",
+            report.epochs_run,
+            report.best_epoch,
+            report.timings.total_s,
+            opts.out.join("head.json").display()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads a head and the backbone it was trained on (its recorded name unless --model says otherwise).
+fn load_classifier(head_path: &Path, model: Option<&str>) -> Result<Classifier> {
+    let head = Head::load(head_path)?;
+    let backbone = load_backbone(Some(model.unwrap_or(&head.backbone.name)), false)?;
+    Ok(Classifier::new(backbone, head)?)
+}
+
+fn evaluate_cmd(
+    head: &Path,
+    model: Option<&str>,
+    testdir: &Path,
+    run: &RunArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    let cancel = progress::cancel_on_ctrl_c();
+    let c = load_classifier(head, model)?;
+    let progress = progress::Terminal::new();
+    let (eval, unreadable) = finetune::evaluate_folder(
+        &c.backbone,
+        &c.head,
+        testdir,
+        run.cache_dir(),
+        run.threads(),
+        cancel,
+        &progress,
+    )?;
+    for u in &unreadable {
+        eprintln!("edge-mnv2: error: {}", u.reason);
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = json!({"head": head, "data": testdir, "test": eval, "unreadable": unreadable});
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(out, "{}", eval.to_markdown(50))?;
+    }
+    Ok(if unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn predict_cmd(
+    head: &Path,
+    model: Option<&str>,
+    json: bool,
+    images: &[PathBuf],
+) -> Result<ExitCode> {
+    let c = load_classifier(head, model)?;
+    let stdout = std::io::stdout();
+    Ok(for_each_image(images, |path| {
+        let img = preprocess::load_rgb(path)?;
+        let p = c.predict(&img)?;
+        let mut out = stdout.lock();
+        if json {
+            let probs: serde_json::Map<String, serde_json::Value> = c
+                .head
+                .classes
+                .iter()
+                .zip(&p.probs)
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                json!({"file": path, "label": p.label, "confidence": p.confidence, "probs": probs})
+            )?;
+        } else {
+            writeln!(out, "{}\t{}\t{:.4}", path.display(), p.label, p.confidence)?;
+        }
+        Ok(())
+    }))
 }
 
 fn load_backbone(model: Option<&str>, with_scores: bool) -> Result<Backbone> {

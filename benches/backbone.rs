@@ -1,0 +1,97 @@
+//! Backbone latency: cold start (resolve + checksum + load + optimise + first frame) and the
+//! median of warm batch-1 frames, for each runnable model file, with each file's ratio against
+//! the default model measured in the same process.
+//!
+//! `cargo bench --bench backbone` (release profile). `BENCH_RUNS=N` changes the warm run count.
+
+use std::time::{Duration, Instant};
+
+use edge_mnv2::backbone::Backbone;
+use edge_mnv2::models::{self, Manifest};
+use edge_mnv2::preprocess;
+
+const MODELS: [&str; 3] = [
+    "mnv2-1.0-224-dequant-backbone",
+    "mnv2-1.0-224-quant-qdq-backbone",
+    "mobilenetv2-12-int8-backbone",
+];
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .max(30);
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+    std::env::set_var(models::MODELS_ENV, &shared);
+    let frames: Vec<_> = [
+        "bird",
+        "cat",
+        "dragonfly",
+        "grace_hopper",
+        "missvickie_potato_chips",
+        "sunflower",
+    ]
+    .iter()
+    .map(|n| preprocess::load_raw_rgb(&shared.join(format!("images/rgb224/{n}.rgb")), 224).unwrap())
+    .collect();
+    let manifest = Manifest::builtin();
+    println!(
+        "backbone latency, batch 1, 224x224, {runs} warm runs, {} ({})",
+        std::env::consts::ARCH,
+        cpu_name()
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>10}",
+        "model", "cold ms", "median ms", "p90 ms", "vs default"
+    );
+    let mut base = None;
+    for name in MODELS {
+        let t0 = Instant::now();
+        let resolved = models::resolve(&manifest, Some(name)).unwrap();
+        let backbone = Backbone::load(&resolved, false).unwrap();
+        backbone.embed(&frames[0]).unwrap();
+        let cold = t0.elapsed();
+        for f in &frames {
+            backbone.embed(f).unwrap();
+        }
+        let mut times: Vec<Duration> = (0..runs)
+            .map(|i| {
+                let t = Instant::now();
+                std::hint::black_box(backbone.embed(&frames[i % frames.len()]).unwrap());
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        let med = median(times.clone());
+        let p90 = times[times.len() * 9 / 10];
+        let base_med = *base.get_or_insert(med);
+        println!(
+            "{name:<34} {:>10.1} {:>10.2} {:>10.2} {:>9.2}x",
+            ms(cold),
+            ms(med),
+            ms(p90),
+            ms(med) / ms(base_med)
+        );
+    }
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into())
+}

@@ -1,0 +1,503 @@
+//! A labelled image folder and its deterministic train / validation / test split.
+//!
+//! Two layouts are accepted:
+//! - `DATA/<class>/<image>`: split by a hash of each file's path relative to `DATA`
+//!   (default 70/15/15), so adding images never moves the existing ones between splits;
+//! - `DATA/{train,val,test}/<class>/<image>`: used as given. Without `test`, `val` becomes the
+//!   held-out test set and validation is carved from `train` by the same hash.
+//!
+//! Class names are the folder names, sorted. Hidden files and non-image files are skipped (and
+//! counted); files that turn out unreadable are reported later, when they are decoded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "gif", "webp"];
+
+#[derive(Debug, Error)]
+pub enum DatasetError {
+    #[error("{0}: no such directory")]
+    Missing(PathBuf),
+    #[error("{0}: not a directory")]
+    NotADir(PathBuf),
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{0}: no class folders with images found (expected DATA/<class>/<image> or DATA/train/<class>/<image>)")]
+    Empty(PathBuf),
+    #[error("{path}: only one class ('{class}'); a classifier needs at least two class folders")]
+    OneClass { path: PathBuf, class: String },
+    #[error("{path}: class '{class}' has no images")]
+    EmptyClass { path: PathBuf, class: String },
+    #[error("{path}: class '{class}' is not among the training classes ({known})")]
+    UnknownClass {
+        path: PathBuf,
+        class: String,
+        known: String,
+    },
+    #[error("invalid split '{0}': expected three percentages like 70/15/15 summing to 100")]
+    BadSplit(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub path: PathBuf,
+    /// Path relative to the dataset (or split) root with `/` separators: the split hash input
+    /// and the name shown in reports.
+    pub rel: String,
+    pub label: usize,
+}
+
+/// Fractions for the flat layout: (train, val); test is the rest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitFractions {
+    pub train: f64,
+    pub val: f64,
+}
+
+impl Default for SplitFractions {
+    fn default() -> Self {
+        SplitFractions {
+            train: 0.70,
+            val: 0.15,
+        }
+    }
+}
+
+impl std::str::FromStr for SplitFractions {
+    type Err = DatasetError;
+    fn from_str(s: &str) -> Result<Self, DatasetError> {
+        let bad = || DatasetError::BadSplit(s.to_string());
+        let parts: Vec<f64> = s
+            .split('/')
+            .map(|p| p.trim().parse::<f64>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        if parts.len() != 3
+            || parts.iter().any(|p| *p < 0.0)
+            || (parts.iter().sum::<f64>() - 100.0).abs() > 1e-6
+            || parts[0] <= 0.0
+        {
+            return Err(bad());
+        }
+        Ok(SplitFractions {
+            train: parts[0] / 100.0,
+            val: parts[1] / 100.0,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    pub test: Vec<Sample>,
+    /// How the splits were made, for the report and the terminal.
+    pub notes: Vec<String>,
+    /// Files skipped because they are not images (by extension).
+    pub ignored_files: Vec<PathBuf>,
+}
+
+/// Uniform in [0, 1) from a relative path; stable across machines and runs.
+pub fn path_hash_unit(rel: &str) -> f64 {
+    let d = Sha256::digest(rel.as_bytes());
+    let v = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+    v as f64 / 2f64.powi(64)
+}
+
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+pub fn is_image_path(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| DatasetError::Io {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !is_hidden(p))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// One `<class>/<image>` folder: class name → image paths (sorted), plus ignored files.
+/// Nested sub-folders inside a class folder are searched too.
+fn scan_class_folders(
+    root: &Path,
+) -> Result<(BTreeMap<String, Vec<PathBuf>>, Vec<PathBuf>), DatasetError> {
+    let mut classes = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for entry in read_dir_sorted(root)? {
+        if !entry.is_dir() {
+            ignored.push(entry);
+            continue;
+        }
+        let name = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut images = Vec::new();
+        let mut stack = vec![entry];
+        while let Some(dir) = stack.pop() {
+            for p in read_dir_sorted(&dir)? {
+                if p.is_dir() {
+                    stack.push(p);
+                } else if is_image_path(&p) {
+                    images.push(p);
+                } else {
+                    ignored.push(p);
+                }
+            }
+        }
+        images.sort();
+        classes.insert(name, images);
+    }
+    Ok((classes, ignored))
+}
+
+fn rel_to(path: &Path, root: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl Dataset {
+    /// Reads a dataset folder in either layout.
+    pub fn open(root: &Path, fractions: SplitFractions) -> Result<Dataset, DatasetError> {
+        if !root.exists() {
+            return Err(DatasetError::Missing(root.to_path_buf()));
+        }
+        if !root.is_dir() {
+            return Err(DatasetError::NotADir(root.to_path_buf()));
+        }
+        if root.join("train").is_dir() {
+            Self::open_split_layout(root)
+        } else {
+            Self::open_flat(root, fractions)
+        }
+    }
+
+    fn open_flat(root: &Path, fr: SplitFractions) -> Result<Dataset, DatasetError> {
+        let (folders, ignored) = scan_class_folders(root)?;
+        let classes = check_classes(root, &folders)?;
+        let mut ds = Dataset::empty(root, classes, ignored);
+        for (label, (_, paths)) in folders.iter().enumerate() {
+            for path in paths {
+                let rel = rel_to(path, root);
+                let u = path_hash_unit(&rel);
+                let sample = Sample {
+                    path: path.clone(),
+                    rel,
+                    label,
+                };
+                if u < fr.train {
+                    ds.train.push(sample);
+                } else if u < fr.train + fr.val {
+                    ds.val.push(sample);
+                } else {
+                    ds.test.push(sample);
+                }
+            }
+        }
+        ds.notes.push(format!(
+            "one folder per class: split by path hash {:.0}/{:.0}/{:.0} (train/val/test)",
+            fr.train * 100.0,
+            fr.val * 100.0,
+            (1.0 - fr.train - fr.val) * 100.0
+        ));
+        ds.ensure_every_class_trains();
+        Ok(ds)
+    }
+
+    fn open_split_layout(root: &Path) -> Result<Dataset, DatasetError> {
+        let train_root = root.join("train");
+        let (folders, mut ignored) = scan_class_folders(&train_root)?;
+        let classes = check_classes(&train_root, &folders)?;
+        let index: BTreeMap<&str, usize> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
+        let has_val = root.join("val").is_dir();
+        let has_test = root.join("test").is_dir();
+        let carve_val = !has_test || !has_val;
+        for (label, (_, paths)) in folders.iter().enumerate() {
+            for path in paths {
+                let rel = rel_to(path, &train_root);
+                let to_val = carve_val && path_hash_unit(&rel) < 0.15;
+                let sample = Sample {
+                    path: path.clone(),
+                    rel: format!("train/{rel}"),
+                    label,
+                };
+                if to_val {
+                    ds.val.push(sample)
+                } else {
+                    ds.train.push(sample)
+                }
+            }
+        }
+        let mut load_split = |name: &str| -> Result<Vec<Sample>, DatasetError> {
+            let split_root = root.join(name);
+            let (folders, ign) = scan_class_folders(&split_root)?;
+            ignored.extend(ign);
+            let mut out = Vec::new();
+            for (class, paths) in folders {
+                let Some(&label) = index.get(class.as_str()) else {
+                    if paths.is_empty() {
+                        continue;
+                    }
+                    return Err(DatasetError::UnknownClass {
+                        path: split_root.join(&class),
+                        class,
+                        known: classes.join(", "),
+                    });
+                };
+                out.extend(paths.into_iter().map(|p| Sample {
+                    rel: format!("{name}/{}", rel_to(&p, &split_root)),
+                    path: p,
+                    label,
+                }));
+            }
+            Ok(out)
+        };
+        match (has_val, has_test) {
+            (true, true) => {
+                ds.val = load_split("val")?;
+                ds.test = load_split("test")?;
+                ds.notes.push("train/val/test folders used as given".into());
+            }
+            (true, false) => {
+                ds.test = load_split("val")?;
+                ds.notes.push(
+                    "no test/ folder: val/ is the held-out test set; validation carved from train/ by path hash (15%)".into(),
+                );
+            }
+            (false, true) => {
+                ds.test = load_split("test")?;
+                ds.notes.push("no val/ folder: validation carved from train/ by path hash (15%)".into());
+            }
+            (false, false) => {
+                return Err(DatasetError::Io {
+                    path: root.to_path_buf(),
+                    reason: "has train/ but neither val/ nor test/; put the held-out images in test/<class>/ or use one folder per class".into(),
+                })
+            }
+        }
+        ds.ignored_files = ignored;
+        ds.ensure_every_class_trains();
+        Ok(ds)
+    }
+
+    fn empty(root: &Path, classes: Vec<String>, ignored: Vec<PathBuf>) -> Dataset {
+        Dataset {
+            root: root.to_path_buf(),
+            classes,
+            train: Vec::new(),
+            val: Vec::new(),
+            test: Vec::new(),
+            notes: Vec::new(),
+            ignored_files: ignored,
+        }
+    }
+
+    /// A class the hash put entirely into val/test would be unlearnable: move one of its images
+    /// (the first by path) into training.
+    fn ensure_every_class_trains(&mut self) {
+        for label in 0..self.classes.len() {
+            if self.train.iter().any(|s| s.label == label) {
+                continue;
+            }
+            for split in [&mut self.val, &mut self.test] {
+                if let Some(i) = split.iter().position(|s| s.label == label) {
+                    let s = split.remove(i);
+                    self.notes.push(format!(
+                        "class '{}' had no training image; moved {} into training",
+                        self.classes[label], s.rel
+                    ));
+                    self.train.push(s);
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn counts(&self, split: Split) -> Vec<usize> {
+        let samples = match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        };
+        let mut c = vec![0; self.classes.len()];
+        for s in samples {
+            c[s.label] += 1;
+        }
+        c
+    }
+}
+
+fn check_classes(
+    root: &Path,
+    folders: &BTreeMap<String, Vec<PathBuf>>,
+) -> Result<Vec<String>, DatasetError> {
+    if folders.values().all(Vec::is_empty) {
+        return Err(DatasetError::Empty(root.to_path_buf()));
+    }
+    if let Some((class, _)) = folders.iter().find(|(_, v)| v.is_empty()) {
+        return Err(DatasetError::EmptyClass {
+            path: root.join(class),
+            class: class.clone(),
+        });
+    }
+    if folders.len() == 1 {
+        return Err(DatasetError::OneClass {
+            path: root.to_path_buf(),
+            class: folders.keys().next().cloned().unwrap_or_default(),
+        });
+    }
+    Ok(folders.keys().cloned().collect())
+}
+
+/// A folder of `<class>/<image>` to evaluate a trained head on (its classes must be the head's).
+pub fn open_labelled_folder(
+    root: &Path,
+    classes: &[String],
+) -> Result<(Vec<Sample>, Vec<PathBuf>), DatasetError> {
+    if !root.is_dir() {
+        return Err(if root.exists() {
+            DatasetError::NotADir(root.to_path_buf())
+        } else {
+            DatasetError::Missing(root.to_path_buf())
+        });
+    }
+    let (folders, ignored) = scan_class_folders(root)?;
+    if folders.values().all(Vec::is_empty) {
+        return Err(DatasetError::Empty(root.to_path_buf()));
+    }
+    let mut out = Vec::new();
+    for (class, paths) in folders {
+        let Some(label) = classes.iter().position(|c| *c == class) else {
+            if paths.is_empty() {
+                continue;
+            }
+            return Err(DatasetError::UnknownClass {
+                path: root.join(&class),
+                class,
+                known: classes.join(", "),
+            });
+        };
+        out.extend(paths.into_iter().map(|p| Sample {
+            rel: rel_to(&p, root),
+            path: p,
+            label,
+        }));
+    }
+    Ok((out, ignored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn split_strings() {
+        let f: SplitFractions = "80/10/10".parse().unwrap();
+        assert!((f.train - 0.8).abs() < 1e-9 && (f.val - 0.1).abs() < 1e-9);
+        assert!("80/10".parse::<SplitFractions>().is_err());
+        assert!("50/10/10".parse::<SplitFractions>().is_err());
+    }
+
+    #[test]
+    fn flat_layout_split_is_by_hash_and_stable() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["b", "a"] {
+            for i in 0..40 {
+                touch(&d.path().join(format!("{c}/{i}.jpg")));
+            }
+        }
+        touch(&d.path().join("a/readme.txt"));
+        touch(&d.path().join("a/.hidden.jpg"));
+        let ds = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        assert_eq!(ds.classes, vec!["a", "b"]);
+        assert_eq!(ds.train.len() + ds.val.len() + ds.test.len(), 80);
+        assert_eq!(ds.ignored_files.len(), 1);
+        for s in &ds.train {
+            assert!(path_hash_unit(&s.rel) < 0.7);
+        }
+        // Adding an image does not move any existing one.
+        touch(&d.path().join("a/new.jpg"));
+        let ds2 = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        let before: Vec<_> = ds.test.iter().map(|s| &s.rel).collect();
+        assert!(before.iter().all(|r| ds2.test.iter().any(|s| &&s.rel == r)));
+    }
+
+    #[test]
+    fn bad_layouts() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Dataset::open(d.path(), SplitFractions::default()),
+            Err(DatasetError::Empty(_))
+        ));
+        touch(&d.path().join("only/1.jpg"));
+        assert!(matches!(
+            Dataset::open(d.path(), SplitFractions::default()),
+            Err(DatasetError::OneClass { .. })
+        ));
+        std::fs::create_dir(d.path().join("empty")).unwrap();
+        let e = Dataset::open(d.path(), SplitFractions::default()).unwrap_err();
+        assert!(e.to_string().contains("class 'empty' has no images"), "{e}");
+    }
+
+    #[test]
+    fn split_layout_without_test_uses_val_as_test() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["x", "y"] {
+            for i in 0..10 {
+                touch(&d.path().join(format!("train/{c}/{i}.png")));
+            }
+            touch(&d.path().join(format!("val/{c}/v.png")));
+        }
+        let ds = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        assert_eq!(ds.test.len(), 2);
+        assert_eq!(ds.train.len() + ds.val.len(), 20);
+        assert!(ds.notes[0].contains("val/ is the held-out test set"));
+        touch(&d.path().join("val/z/1.png"));
+        let e = Dataset::open(d.path(), SplitFractions::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("class 'z' is not among the training classes"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! `finetune` and `evaluate` from start to finish: dataset → embeddings (cached) → head → held-out
+//! metrics → head file and reports, written atomically into the output directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::augment::AugmentParams;
+use crate::backbone::{Backbone, EMBEDDING_DIM};
+use crate::classifier::{backbone_ref, Prediction};
+use crate::dataset::{Dataset, Sample, SplitFractions};
+use crate::features::{self, Cache, EmbedStats, ViewSpec};
+use crate::fsutil;
+use crate::head::{EpochStats, Head, TrainConfig, HEAD_FILE};
+use crate::metrics::{self, Evaluation};
+
+/// Fewer readable images than this in a class (train + validation) is refused: nothing honest
+/// can be learned or measured from it.
+pub const MIN_IMAGES_PER_CLASS: usize = 2;
+
+/// How a long job reports what it is doing (a progress bar on a terminal, nothing in a pipe).
+pub trait Progress {
+    fn stage(&self, _msg: &str) {}
+    fn start(&self, _total: usize, _what: &str) {}
+    fn advance(&self, _done: usize) {}
+    fn finish(&self) {}
+    fn epoch(&self, _stats: &EpochStats) {}
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub split: SplitFractions,
+    pub train: TrainConfig,
+    /// Augmented views per training image (0 = augmentation off).
+    pub augment: usize,
+    pub augment_params: AugmentParams,
+    pub threads: usize,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    pub train: BTreeMap<String, usize>,
+    pub val: BTreeMap<String, usize>,
+    pub test: BTreeMap<String, usize>,
+    pub train_views: usize,
+    pub unreadable: usize,
+    pub ignored_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub load_s: f64,
+    pub embed_s: f64,
+    pub train_s: f64,
+    pub eval_s: f64,
+    pub total_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreadable {
+    pub file: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub edge_mnv2_version: String,
+    pub data: String,
+    pub model: ModelInfo,
+    pub classes: Vec<String>,
+    pub counts: Counts,
+    pub split_notes: Vec<String>,
+    pub seed: u64,
+    pub config: TrainConfig,
+    pub augment: usize,
+    pub augment_params: AugmentParams,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub best_val_loss: Option<f32>,
+    pub stopped_early: bool,
+    pub class_weights: Vec<f32>,
+    pub history: Vec<EpochStats>,
+    /// Metrics on the held-out test split; `null` when the split is empty.
+    pub test: Option<Evaluation>,
+    pub embeddings: EmbeddingCounts,
+    pub unreadable: Vec<Unreadable>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingCounts {
+    pub computed: usize,
+    pub cached: usize,
+    pub cache_dir: Option<String>,
+}
+
+/// Checks up front that results can be written, so a long run never ends in a write error.
+fn prepare_out_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
+    tempfile::Builder::new()
+        .prefix(".edge-mnv2-probe-")
+        .tempfile_in(out)
+        .with_context(|| format!("{}: output directory is not writable", out.display()))?;
+    Ok(())
+}
+
+fn class_counts(classes: &[String], samples: &[Sample]) -> BTreeMap<String, usize> {
+    let mut m: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
+    for s in samples {
+        *m.get_mut(&classes[s.label]).expect("label in range") += 1;
+    }
+    m
+}
+
+/// Embeds `samples` (views per `views`), dropping unreadable ones into `unreadable`.
+/// Returns the kept samples with their embeddings.
+#[allow(clippy::too_many_arguments)]
+fn embed_samples(
+    backbone: &Backbone,
+    samples: Vec<Sample>,
+    views: &ViewSpec,
+    cache: &Cache,
+    threads: usize,
+    cancel: &AtomicBool,
+    progress: &dyn Progress,
+    what: &str,
+    unreadable: &mut Vec<Unreadable>,
+    stats: &mut EmbedStats,
+) -> Result<Vec<(Sample, Vec<Vec<f32>>)>> {
+    let paths: Vec<&Path> = samples.iter().map(|s| s.path.as_path()).collect();
+    progress.start(paths.len(), what);
+    let (results, st) =
+        features::embed_all(backbone, &paths, views, cache, threads, cancel, |d| {
+            progress.advance(d)
+        })?;
+    progress.finish();
+    stats.computed += st.computed;
+    stats.cached += st.cached;
+    let mut kept = Vec::with_capacity(samples.len());
+    for (s, r) in samples.into_iter().zip(results) {
+        match r {
+            Ok(e) => kept.push((s, e.views)),
+            Err(reason) => {
+                log::warn!("skipping unreadable image: {reason}");
+                unreadable.push(Unreadable {
+                    file: s.path.display().to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(kept)
+}
+
+fn matrix(rows: &[&Vec<f32>]) -> Array2<f32> {
+    let mut x = Array2::zeros((rows.len(), EMBEDDING_DIM));
+    for (i, r) in rows.iter().enumerate() {
+        x.row_mut(i)
+            .assign(&ndarray::ArrayView1::from(r.as_slice()));
+    }
+    x
+}
+
+/// Predicts every embedded sample and computes the metrics.
+pub fn evaluate_embedded(head: &Head, embedded: &[(Sample, Vec<Vec<f32>>)]) -> Evaluation {
+    let rows: Vec<&Vec<f32>> = embedded.iter().map(|(_, v)| &v[0]).collect();
+    let probs = head.predict_batch(matrix(&rows).view());
+    let predictions: Vec<(usize, f32)> = probs
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let p = Prediction::from_probs(head, r.to_vec());
+            (p.index, p.confidence)
+        })
+        .collect();
+    let actual: Vec<usize> = embedded.iter().map(|(s, _)| s.label).collect();
+    let files: Vec<String> = embedded
+        .iter()
+        .map(|(s, _)| s.path.display().to_string())
+        .collect();
+    metrics::evaluate(&head.classes, &actual, &predictions, &files)
+}
+
+pub fn finetune(
+    backbone: &Backbone,
+    opts: &FinetuneOptions,
+    started: Instant,
+    cancel: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let load_s = started.elapsed().as_secs_f64();
+    let ds = Dataset::open(&opts.data, opts.split)?;
+    prepare_out_dir(&opts.out)?;
+    for note in &ds.notes {
+        progress.stage(note);
+    }
+    let cache = Cache::new(opts.cache_dir.clone());
+    let train_views = ViewSpec {
+        augment: opts.augment,
+        params: opts.augment_params,
+        seed: opts.train.seed,
+    };
+    let mut unreadable = Vec::new();
+    let mut stats = EmbedStats::default();
+    let t_embed = Instant::now();
+    let train = embed_samples(
+        backbone,
+        ds.train.clone(),
+        &train_views,
+        &cache,
+        opts.threads,
+        cancel,
+        progress,
+        "embedding train",
+        &mut unreadable,
+        &mut stats,
+    )?;
+    let val = embed_samples(
+        backbone,
+        ds.val.clone(),
+        &ViewSpec::plain(),
+        &cache,
+        opts.threads,
+        cancel,
+        progress,
+        "embedding val",
+        &mut unreadable,
+        &mut stats,
+    )?;
+    let test = embed_samples(
+        backbone,
+        ds.test.clone(),
+        &ViewSpec::plain(),
+        &cache,
+        opts.threads,
+        cancel,
+        progress,
+        "embedding test",
+        &mut unreadable,
+        &mut stats,
+    )?;
+    let embed_s = t_embed.elapsed().as_secs_f64();
+    if !unreadable.is_empty() {
+        progress.stage(&format!(
+            "{} unreadable image(s) skipped (listed in report.json)",
+            unreadable.len()
+        ));
+    }
+
+    let classes = ds.classes.clone();
+    for (label, class) in classes.iter().enumerate() {
+        let n_train = train.iter().filter(|(s, _)| s.label == label).count();
+        let n_val = val.iter().filter(|(s, _)| s.label == label).count();
+        if n_train == 0 || n_train + n_val < MIN_IMAGES_PER_CLASS {
+            bail!(
+                "{}: class '{class}' has {} readable training image(s); need at least {MIN_IMAGES_PER_CLASS}",
+                ds.root.join(class).display(),
+                n_train + n_val
+            );
+        }
+    }
+    if val.is_empty() {
+        progress.stage("no validation images: early stopping watches the training loss instead");
+    }
+
+    let (x_train, y_train) = {
+        let mut rows = Vec::new();
+        let mut y = Vec::new();
+        for (s, views) in &train {
+            for v in views {
+                rows.push(v);
+                y.push(s.label);
+            }
+        }
+        (matrix(&rows), y)
+    };
+    let x_val = matrix(&val.iter().map(|(_, v)| &v[0]).collect::<Vec<_>>());
+    let y_val: Vec<usize> = val.iter().map(|(s, _)| s.label).collect();
+
+    let t_train = Instant::now();
+    progress.stage(&format!(
+        "training the head on {} embeddings ({} images × {} views)",
+        y_train.len(),
+        train.len(),
+        opts.augment + 1
+    ));
+    let (head, summary) = Head::train(
+        backbone_ref(backbone),
+        classes.clone(),
+        x_train.view(),
+        &y_train,
+        x_val.view(),
+        &y_val,
+        &opts.train,
+        cancel,
+        |e| progress.epoch(e),
+    )?;
+    let train_s = t_train.elapsed().as_secs_f64();
+
+    let t_eval = Instant::now();
+    let test_eval = (!test.is_empty()).then(|| evaluate_embedded(&head, &test));
+    if test.is_empty() {
+        progress.stage("the held-out test split is empty: no test metrics");
+    }
+    let eval_s = t_eval.elapsed().as_secs_f64();
+
+    let samples =
+        |v: &[(Sample, Vec<Vec<f32>>)]| v.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
+    let report = Report {
+        edge_mnv2_version: env!("CARGO_PKG_VERSION").into(),
+        data: ds.root.display().to_string(),
+        model: ModelInfo {
+            name: backbone.name().into(),
+            sha256: backbone.sha256().into(),
+        },
+        counts: Counts {
+            train: class_counts(&classes, &samples(&train)),
+            val: class_counts(&classes, &samples(&val)),
+            test: class_counts(&classes, &samples(&test)),
+            train_views: y_train.len(),
+            unreadable: unreadable.len(),
+            ignored_files: ds.ignored_files.len(),
+        },
+        classes,
+        split_notes: ds.notes.clone(),
+        seed: opts.train.seed,
+        config: opts.train.clone(),
+        augment: opts.augment,
+        augment_params: opts.augment_params,
+        epochs_run: summary.epochs_run,
+        best_epoch: summary.best_epoch,
+        best_val_loss: summary.best_val_loss,
+        stopped_early: summary.stopped_early,
+        class_weights: summary.class_weights,
+        history: summary.history,
+        test: test_eval,
+        embeddings: EmbeddingCounts {
+            computed: stats.computed,
+            cached: stats.cached,
+            cache_dir: opts.cache_dir.as_ref().map(|d| d.display().to_string()),
+        },
+        unreadable,
+        timings: Timings {
+            load_s,
+            embed_s,
+            train_s,
+            eval_s,
+            total_s: started.elapsed().as_secs_f64(),
+        },
+    };
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    // The head goes last: a run that fails while writing leaves the previous head in place.
+    fsutil::write_atomic(
+        &opts.out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    fsutil::write_atomic(&opts.out.join("report.md"), report.to_markdown().as_bytes())?;
+    head.save(&opts.out.join(HEAD_FILE))?;
+    Ok(report)
+}
+
+/// Evaluates a trained head on a `<class>/<image>` folder.
+pub fn evaluate_folder(
+    backbone: &Backbone,
+    head: &Head,
+    dir: &Path,
+    cache_dir: Option<PathBuf>,
+    threads: usize,
+    cancel: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<(Evaluation, Vec<Unreadable>)> {
+    let (samples, _ignored) = crate::dataset::open_labelled_folder(dir, &head.classes)?;
+    let mut unreadable = Vec::new();
+    let mut stats = EmbedStats::default();
+    let cache = Cache::new(cache_dir);
+    let embedded = embed_samples(
+        backbone,
+        samples,
+        &ViewSpec::plain(),
+        &cache,
+        threads,
+        cancel,
+        progress,
+        "embedding",
+        &mut unreadable,
+        &mut stats,
+    )?;
+    if embedded.is_empty() {
+        bail!("{}: no readable images to evaluate", dir.display());
+    }
+    Ok((evaluate_embedded(head, &embedded), unreadable))
+}
+
+impl Report {
+    pub fn to_markdown(&self) -> String {
+        let mut s = format!("# edge-mnv2 fine-tuning report\n\nData: `{}`  \nBackbone: `{}` (sha256 `{}`)  \nClasses: {}\n\n", self.data, self.model.name, self.model.sha256, self.classes.join(", "));
+        s.push_str("## Data\n\n| class | train | val | test |\n|---|---|---|---|\n");
+        for c in &self.classes {
+            s.push_str(&format!(
+                "| {c} | {} | {} | {} |\n",
+                self.counts.train[c], self.counts.val[c], self.counts.test[c]
+            ));
+        }
+        s.push('\n');
+        for n in &self.split_notes {
+            s.push_str(&format!("- {n}\n"));
+        }
+        s.push_str(&format!(
+            "- training embeddings: {} ({} augmented view(s) per image)\n- unreadable images skipped: {}\n- non-image files ignored: {}\n\n",
+            self.counts.train_views, self.augment, self.counts.unreadable, self.counts.ignored_files
+        ));
+        s.push_str(&format!(
+            "## Training\n\nSeed {}, Adam lr {}, batch {}, L2 {}, class weighting {}, standardised {}.  \nRan {} epoch(s), best epoch {} (validation loss {}){}.\n\n",
+            self.seed,
+            self.config.lr,
+            self.config.batch_size,
+            self.config.weight_decay,
+            self.config.class_weighting,
+            self.config.standardize,
+            self.epochs_run,
+            self.best_epoch,
+            self.best_val_loss.map_or("n/a".into(), |l| format!("{l:.4}")),
+            if self.stopped_early { ", stopped early" } else { "" }
+        ));
+        s.push_str("## Held-out test set\n\n");
+        match &self.test {
+            Some(e) => s.push_str(&e.to_markdown(50)),
+            None => s.push_str("The test split is empty: no held-out metrics.\n"),
+        }
+        let t = &self.timings;
+        s.push_str(&format!(
+            "\n## Timings\n\nload {:.2} s, embed {:.2} s ({} computed, {} from cache), train {:.2} s, evaluate {:.2} s, total {:.2} s\n",
+            t.load_s, t.embed_s, self.embeddings.computed, self.embeddings.cached, t.train_s, t.eval_s, t.total_s
+        ));
+        if !self.unreadable.is_empty() {
+            s.push_str("\n## Unreadable images\n\n");
+            for u in &self.unreadable {
+                s.push_str(&format!("- {}\n", u.reason));
+            }
+        }
+        s
+    }
+}
