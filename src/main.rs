@@ -189,7 +189,19 @@ enum Command {
     },
 }
 
+/// glibc grows its mmap threshold as large blocks are freed, after which every worker's
+/// multi-megabyte activation and image buffers stay in its heap arena: peak RSS was 155 MB
+/// instead of 98 MB for a two-thread `finetune`. A fixed 1 MiB threshold hands them back.
+fn limit_heap_growth() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_heap_growth();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();

@@ -38,16 +38,27 @@ fn hymenoptera_with_defaults_then_cached_rerun() {
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("out");
     let data = datasets().join("hymenoptera");
-    let first = json_of(&run(&["finetune", s(&data), "--out", s(&out), "--json"], &cache));
+    let first = json_of(&run(
+        &["finetune", s(&data), "--out", s(&out), "--json"],
+        &cache,
+    ));
     let acc = first["test"]["accuracy"].as_f64().unwrap();
-    eprintln!("hymenoptera test accuracy {acc}, macro F1 {}, timings {}", first["test"]["macro_f1"], first["timings"]);
+    eprintln!(
+        "hymenoptera test accuracy {acc}, macro F1 {}, timings {}",
+        first["test"]["macro_f1"], first["timings"]
+    );
     assert!(acc >= 0.93, "test accuracy {acc}");
     assert_eq!(first["test"]["samples"], 153);
     assert_eq!(first["classes"], serde_json::json!(["ants", "bees"]));
     for key in ["epochs_run", "best_epoch", "history"] {
         assert!(!first[key].is_null(), "{key}");
     }
-    for key in ["balanced_accuracy", "macro_f1", "per_class", "confusion_matrix"] {
+    for key in [
+        "balanced_accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+    ] {
         assert!(!first["test"][key].is_null(), "test.{key}");
     }
     for key in ["embed_s", "train_s", "total_s"] {
@@ -57,22 +68,48 @@ fn hymenoptera_with_defaults_then_cached_rerun() {
     assert!(out.join("report.md").is_file() && out.join("head.json").is_file());
 
     // Same data, same seed: nothing re-embedded, identical metrics and history.
-    let second = json_of(&run(&["finetune", s(&data), "--out", s(&out), "--json"], &cache));
+    let second = json_of(&run(
+        &["finetune", s(&data), "--out", s(&out), "--json"],
+        &cache,
+    ));
     assert_eq!(second["embeddings"]["computed"], 0);
     assert_eq!(second["test"], first["test"]);
     assert_eq!(second["history"], first["history"]);
 
     // evaluate on the held-out folder gives the report's figures; predict labels single images.
-    let eval = json_of(&run(&["evaluate", "--head", s(&out), s(&data.join("val")), "--json"], &cache));
+    let eval = json_of(&run(
+        &[
+            "evaluate",
+            "--head",
+            s(&out),
+            s(&data.join("val")),
+            "--json",
+        ],
+        &cache,
+    ));
     assert_eq!(eval["test"]["accuracy"], first["test"]["accuracy"]);
     let bee = data.join("val/bees/10870992_eebeeb3a12.jpg");
     let ant = data.join("val/ants/10308379_1b6c72e180.jpg");
-    let pred = run(&["predict", "--head", s(&out.join("head.json")), "--json", s(&bee), s(&ant)], &cache);
+    let pred = run(
+        &[
+            "predict",
+            "--head",
+            s(&out.join("head.json")),
+            "--json",
+            s(&bee),
+            s(&ant),
+        ],
+        &cache,
+    );
     assert_eq!(pred.status.code(), Some(0), "{}", stderr(&pred));
-    let lines: Vec<Value> = stdout(&pred).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = stdout(&pred)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["label"], "bees");
     assert_eq!(lines[1]["label"], "ants");
-    let p = lines[0]["probs"]["bees"].as_f64().unwrap() + lines[0]["probs"]["ants"].as_f64().unwrap();
+    let p =
+        lines[0]["probs"]["bees"].as_f64().unwrap() + lines[0]["probs"]["ants"].as_f64().unwrap();
     assert!((p - 1.0).abs() < 1e-4);
 }
 
@@ -83,9 +120,23 @@ fn imagenette_ten_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let data = datasets().join("imagenette_224_subset");
-    let r = json_of(&run(&["finetune", s(&data), "--out", s(&out), "--augment", "0", "--json"], &tmp.path().join("cache")));
+    let r = json_of(&run(
+        &[
+            "finetune",
+            s(&data),
+            "--out",
+            s(&out),
+            "--augment",
+            "0",
+            "--json",
+        ],
+        &tmp.path().join("cache"),
+    ));
     let f1 = r["test"]["macro_f1"].as_f64().unwrap();
-    eprintln!("imagenette macro F1 {f1}, accuracy {}, timings {}", r["test"]["accuracy"], r["timings"]);
+    eprintln!(
+        "imagenette macro F1 {f1}, accuracy {}, timings {}",
+        r["test"]["accuracy"], r["timings"]
+    );
     assert_eq!(r["classes"].as_array().unwrap().len(), 10);
     assert_eq!(r["test"]["samples"], 3925);
     assert!(f1 >= 0.96, "macro F1 {f1}");
@@ -95,7 +146,10 @@ fn imagenette_ten_classes() {
 fn small_set(dir: &Path, per_class: &[(&str, usize)]) {
     for (class, n) in per_class {
         let src = datasets().join("hymenoptera/train").join(class);
-        let mut files: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         std::fs::create_dir_all(dir.join(class)).unwrap();
         for f in files.iter().take(*n) {
@@ -105,13 +159,29 @@ fn small_set(dir: &Path, per_class: &[(&str, usize)]) {
 }
 
 fn finetune_err(data: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["finetune", s(data), "--out", s(out), "--augment", "0", "--no-cache"];
+    let mut args = vec![
+        "finetune",
+        s(data),
+        "--out",
+        s(out),
+        "--augment",
+        "0",
+        "--no-cache",
+    ];
     args.extend_from_slice(extra);
     let o = run(&args, out);
-    assert_eq!(o.status.code(), Some(1), "expected failure; stdout {}", stdout(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected failure; stdout {}",
+        stdout(&o)
+    );
     let err = stderr(&o);
     assert!(!err.contains("panicked"), "{err}");
-    assert!(!out.join("head.json").exists() || extra.contains(&"keep"), "no head may be written");
+    assert!(
+        !out.join("head.json").exists() || extra.contains(&"keep"),
+        "no head may be written"
+    );
     err
 }
 
@@ -134,7 +204,10 @@ fn bad_datasets_are_refused_clearly() {
     let single = tmp.path().join("single");
     small_set(&single, &[("ants", 8), ("bees", 1)]);
     let e = finetune_err(&single, &out, &[]);
-    assert!(e.contains("class 'bees' has 1 readable training image(s); need at least 2"), "{e}");
+    assert!(
+        e.contains("class 'bees' has 1 readable training image(s); need at least 2"),
+        "{e}"
+    );
 
     let unreadable = tmp.path().join("unreadable");
     small_set(&unreadable, &[("ants", 8)]);
@@ -143,16 +216,26 @@ fn bad_datasets_are_refused_clearly() {
         std::fs::write(unreadable.join(format!("bees/{i}.jpg")), b"not a jpeg").unwrap();
     }
     let e = finetune_err(&unreadable, &out, &[]);
-    assert!(e.contains("class 'bees' has 0 readable training image(s)"), "{e}");
+    assert!(
+        e.contains("class 'bees' has 0 readable training image(s)"),
+        "{e}"
+    );
     assert!(e.contains("bees/0.jpg"), "unreadable files are named: {e}");
 
     let unknown = tmp.path().join("unknown");
     small_set(&unknown.join("train"), &[("ants", 6), ("bees", 6)]);
     small_set(&unknown.join("val"), &[("ants", 2), ("bees", 2)]);
     std::fs::create_dir_all(unknown.join("val/wasps")).unwrap();
-    std::fs::copy(datasets().join("hymenoptera/val/bees/10870992_eebeeb3a12.jpg"), unknown.join("val/wasps/w.jpg")).unwrap();
+    std::fs::copy(
+        datasets().join("hymenoptera/val/bees/10870992_eebeeb3a12.jpg"),
+        unknown.join("val/wasps/w.jpg"),
+    )
+    .unwrap();
     let e = finetune_err(&unknown, &out, &[]);
-    assert!(e.contains("class 'wasps' is not among the training classes (ants, bees)"), "{e}");
+    assert!(
+        e.contains("class 'wasps' is not among the training classes (ants, bees)"),
+        "{e}"
+    );
 
     let file_as_out = tmp.path().join("a-file");
     std::fs::write(&file_as_out, b"x").unwrap();
@@ -171,13 +254,34 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     std::fs::write(data.join("ants/.DS_Store"), "x").unwrap();
     std::fs::write(data.join("bees/broken.jpg"), "not a jpeg").unwrap();
     let out = tmp.path().join("out");
-    let r = json_of(&run(&["finetune", s(&data), "--out", s(&out), "--augment", "1", "--json"], &tmp.path().join("c")));
+    let r = json_of(&run(
+        &[
+            "finetune",
+            s(&data),
+            "--out",
+            s(&out),
+            "--augment",
+            "1",
+            "--json",
+        ],
+        &tmp.path().join("c"),
+    ));
     assert_eq!(r["counts"]["ignored_files"], 1);
     assert_eq!(r["counts"]["unreadable"], 1);
-    assert!(r["unreadable"][0]["file"].as_str().unwrap().ends_with("broken.jpg"));
+    assert!(r["unreadable"][0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("broken.jpg"));
     let total: u64 = ["train", "val", "test"]
         .iter()
-        .map(|k| r["counts"][k].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>())
+        .map(|k| {
+            r["counts"][k]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>()
+        })
         .sum();
     assert_eq!(total, 24);
 }
@@ -189,13 +293,47 @@ fn heads_are_checked_before_use() {
     small_set(&data, &[("ants", 10), ("bees", 10)]);
     let out = tmp.path().join("out");
     let cache = tmp.path().join("c");
-    json_of(&run(&["finetune", s(&data), "--out", s(&out), "--augment", "0", "--json", "--model", "mnv2-1.0-224-dequant-backbone"], &cache));
-    let img = data.join("ants").read_dir().unwrap().next().unwrap().unwrap().path();
+    json_of(&run(
+        &[
+            "finetune",
+            s(&data),
+            "--out",
+            s(&out),
+            "--augment",
+            "0",
+            "--json",
+            "--model",
+            "mnv2-1.0-224-dequant-backbone",
+        ],
+        &cache,
+    ));
+    let img = data
+        .join("ants")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
 
     // A head on another backbone.
-    let o = run(&["predict", "--head", s(&out), "--model", "mobilenetv2-12-int8-backbone", s(&img)], &cache);
+    let o = run(
+        &[
+            "predict",
+            "--head",
+            s(&out),
+            "--model",
+            "mobilenetv2-12-int8-backbone",
+            s(&img),
+        ],
+        &cache,
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("head was trained on backbone 'mnv2-1.0-224-dequant-backbone'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("head was trained on backbone 'mnv2-1.0-224-dequant-backbone'"),
+        "{}",
+        stderr(&o)
+    );
 
     // A truncated head, and a file that is no head at all.
     let head = out.join("head.json");
@@ -204,14 +342,25 @@ fn heads_are_checked_before_use() {
     std::fs::write(&bad, &text[..text.len() / 2]).unwrap();
     let o = run(&["predict", "--head", s(&bad), s(&img)], &cache);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("truncated.json: corrupt or truncated head file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("truncated.json: corrupt or truncated head file"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["evaluate", "--head", s(&img), s(&data)], &cache);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not an edge-mnv2 head file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not an edge-mnv2 head file"),
+        "{}",
+        stderr(&o)
+    );
 
     // A failed run leaves the previous good head untouched.
     let before = std::fs::read(&head).unwrap();
-    let o = run(&["finetune", s(&tmp.path().join("missing")), "--out", s(&out)], &cache);
+    let o = run(
+        &["finetune", s(&tmp.path().join("missing")), "--out", s(&out)],
+        &cache,
+    );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(std::fs::read(&head).unwrap(), before);
 }
@@ -232,11 +381,21 @@ fn ctrl_c_stops_without_writing_and_keeps_the_old_head() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(out.join("head.json")).unwrap(), b"previous head");
-    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read(out.join("head.json")).unwrap(),
+        b"previous head"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
