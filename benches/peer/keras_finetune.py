@@ -51,7 +51,9 @@ except ImportError as e:  # the driver treats 3 as "peer not available, skip it"
     print(f"keras_finetune: cannot import {e.name}: {e} (pip install tensorflow pillow)", file=sys.stderr)
     sys.exit(3)
 
-MODEL = "/work/shared/models/mobilenet_v2_1.0_224_quant.tflite"
+# shared/ sits beside the repo: <repo>/benches/peer/this.py -> <repo>/../shared/models/...
+MODEL = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "../../../shared/models/mobilenet_v2_1.0_224_quant.tflite"))
 FEATURES_TENSOR = "MobilenetV2/Logits/AvgPool"  # [1,1,1,1280] uint8
 SEED = 0
 VAL_FRACTION = 0.15  # carved from train when the data has no separate validation split
@@ -143,7 +145,7 @@ class Embedder:
     def __init__(self, model_path):
         # experimental_preserve_all_tensors: AvgPool is an intermediate tensor; without it the
         # interpreter may reuse its memory for later ops, so reading it after invoke() is not
-        # guaranteed to give the pooled features. (Measured: no speed cost on this model.)
+        # guaranteed to give the pooled features. (No measurable speed cost on this model.)
         self.it = tf.lite.Interpreter(model_path=model_path, num_threads=2,
                                       experimental_preserve_all_tensors=True)
         self.it.allocate_tensors()
@@ -200,6 +202,9 @@ def main():
     ap.add_argument("--data", required=True, help="dataset folder (train/val[/test] or flat <class>/<image>)")
     ap.add_argument("--model", default=MODEL, help="quantized MobileNetV2 .tflite (default: %(default)s)")
     args = ap.parse_args()
+    for path, what in ((args.data, "dataset folder"), (args.model, "model file")):
+        if not os.path.exists(path):
+            sys.exit(f"keras_finetune: {what} {path} not found")
 
     classes, train, val, test = split_dataset(args.data)
     if len(classes) < 2 or not train or not val or not test:
