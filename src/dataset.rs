@@ -142,11 +142,12 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(v)
 }
 
-/// One `<class>/<image>` folder: class name → image paths (sorted), plus ignored files.
+/// Class name → its image paths, sorted.
+type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
+
+/// One `<class>/<image>` folder: its classes, plus the non-image files it holds.
 /// Nested sub-folders inside a class folder are searched too.
-fn scan_class_folders(
-    root: &Path,
-) -> Result<(BTreeMap<String, Vec<PathBuf>>, Vec<PathBuf>), DatasetError> {
+fn scan_class_folders(root: &Path) -> Result<(ClassFolders, Vec<PathBuf>), DatasetError> {
     let mut classes = BTreeMap::new();
     let mut ignored = Vec::new();
     for entry in read_dir_sorted(root)? {
@@ -362,10 +363,7 @@ impl Dataset {
     }
 }
 
-fn check_classes(
-    root: &Path,
-    folders: &BTreeMap<String, Vec<PathBuf>>,
-) -> Result<Vec<String>, DatasetError> {
+fn check_classes(root: &Path, folders: &ClassFolders) -> Result<Vec<String>, DatasetError> {
     if folders.values().all(Vec::is_empty) {
         return Err(DatasetError::Empty(root.to_path_buf()));
     }

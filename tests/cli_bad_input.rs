@@ -197,7 +197,7 @@ fn corrupt_model_with_a_known_name_fails_its_checksum() {
         &p,
         "checksum mismatch",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-mnv2"))
+    let out = edge_command()
         .args(["classify", cat.to_str().unwrap()])
         .env("EDGE_MNV2_MODELS", d.path())
         .current_dir(d.path())

@@ -13,7 +13,7 @@ fn datasets() -> PathBuf {
 }
 
 fn run(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-mnv2"))
+    edge_command()
         .args(args)
         .env("EDGE_MNV2_MODELS", models_dir())
         .env("EDGE_MNV2_CACHE", cache)
@@ -372,7 +372,7 @@ fn ctrl_c_stops_without_writing_and_keeps_the_old_head() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("head.json"), b"previous head").unwrap();
     let data = datasets().join("hymenoptera");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-mnv2"))
+    let child = edge_command()
         .args(["finetune", s(&data), "--out", s(&out), "--no-cache"])
         .env("EDGE_MNV2_MODELS", models_dir())
         .stdout(std::process::Stdio::piped())

@@ -42,8 +42,27 @@ pub fn edge(args: &[&str]) -> Output {
     edge_in(args, &std::env::temp_dir())
 }
 
+/// The binary as a command. Under cross-testing the tests themselves run in qemu-user, which
+/// cannot exec a foreign binary by itself: `EDGE_MNV2_TEST_RUNNER` (set by .ci/cross-env.sh)
+/// names the emulator to run it with.
+pub fn edge_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_edge-mnv2");
+    match std::env::var("EDGE_MNV2_TEST_RUNNER")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+    {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().expect("non-empty"));
+            cmd.args(parts).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 pub fn edge_in(args: &[&str], cwd: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-mnv2"))
+    edge_command()
         .args(args)
         .current_dir(cwd)
         .env("EDGE_MNV2_MODELS", models_dir())
