@@ -114,8 +114,15 @@ impl Backbone {
 
     /// Runs one image of any size (resized as documented in [`preprocess`]).
     pub fn run(&self, img: &RgbImage) -> Result<Outputs, BackboneError> {
-        let fitted = preprocess::fit(img, self.input_size());
-        let input = preprocess::to_tensor(&self.spec.input, &[&fitted]);
+        let size = self.input_size();
+        let fitted;
+        let img = if img.dimensions() == (size, size) {
+            img
+        } else {
+            fitted = preprocess::fit(img, size);
+            &fitted
+        };
+        let input = preprocess::to_tensor(&self.spec.input, &[img]);
         let outputs = self
             .plan
             .run(tvec!(input.into()))

@@ -239,11 +239,6 @@ impl Dataset {
         let train_root = root.join("train");
         let (folders, mut ignored) = scan_class_folders(&train_root)?;
         let classes = check_classes(&train_root, &folders)?;
-        let index: BTreeMap<&str, usize> = classes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i))
-            .collect();
         let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
         let has_val = root.join("val").is_dir();
         let has_test = root.join("test").is_dir();
@@ -265,28 +260,9 @@ impl Dataset {
             }
         }
         let mut load_split = |name: &str| -> Result<Vec<Sample>, DatasetError> {
-            let split_root = root.join(name);
-            let (folders, ign) = scan_class_folders(&split_root)?;
+            let (samples, ign) = labelled_samples(&root.join(name), &classes, &format!("{name}/"))?;
             ignored.extend(ign);
-            let mut out = Vec::new();
-            for (class, paths) in folders {
-                let Some(&label) = index.get(class.as_str()) else {
-                    if paths.is_empty() {
-                        continue;
-                    }
-                    return Err(DatasetError::UnknownClass {
-                        path: split_root.join(&class),
-                        class,
-                        known: classes.join(", "),
-                    });
-                };
-                out.extend(paths.into_iter().map(|p| Sample {
-                    rel: format!("{name}/{}", rel_to(&p, &split_root)),
-                    path: p,
-                    label,
-                }));
-            }
-            Ok(out)
+            Ok(samples)
         };
         match (has_val, has_test) {
             (true, true) => {
@@ -394,10 +370,21 @@ pub fn open_labelled_folder(
             DatasetError::Missing(root.to_path_buf())
         });
     }
-    let (folders, ignored) = scan_class_folders(root)?;
-    if folders.values().all(Vec::is_empty) {
+    let (samples, ignored) = labelled_samples(root, classes, "")?;
+    if samples.is_empty() {
         return Err(DatasetError::Empty(root.to_path_buf()));
     }
+    Ok((samples, ignored))
+}
+
+/// The samples of a `<class>/<image>` folder whose classes must all be among `classes`
+/// (an empty folder of an unknown class is ignored). `rel_prefix` is prepended to each `rel`.
+fn labelled_samples(
+    root: &Path,
+    classes: &[String],
+    rel_prefix: &str,
+) -> Result<(Vec<Sample>, Vec<PathBuf>), DatasetError> {
+    let (folders, ignored) = scan_class_folders(root)?;
     let mut out = Vec::new();
     for (class, paths) in folders {
         let Some(label) = classes.iter().position(|c| *c == class) else {
@@ -411,7 +398,7 @@ pub fn open_labelled_folder(
             });
         };
         out.extend(paths.into_iter().map(|p| Sample {
-            rel: rel_to(&p, root),
+            rel: format!("{rel_prefix}{}", rel_to(&p, root)),
             path: p,
             label,
         }));

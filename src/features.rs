@@ -60,10 +60,6 @@ impl Cache {
         Cache { dir }
     }
 
-    pub fn disabled() -> Cache {
-        Cache { dir: None }
-    }
-
     fn key(model_sha: &str, image_sha: &str, views: &ViewSpec, view: usize) -> String {
         let mut h = Sha256::new();
         h.update(b"edge-mnv2 embedding\0");

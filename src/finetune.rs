@@ -131,44 +131,57 @@ fn class_counts(classes: &[String], samples: &[Sample]) -> BTreeMap<String, usiz
     m
 }
 
-/// Embeds `samples` (views per `views`), dropping unreadable ones into `unreadable`.
-/// Returns the kept samples with their embeddings.
-#[allow(clippy::too_many_arguments)]
-fn embed_samples(
-    backbone: &Backbone,
-    samples: Vec<Sample>,
-    views: &ViewSpec,
-    cache: &Cache,
+/// One job's embedding pass: what every split's embedding shares, and what it accumulates
+/// (unreadable images, cache hits).
+struct Embedder<'a> {
+    backbone: &'a Backbone,
+    cache: Cache,
     threads: usize,
-    cancel: &AtomicBool,
-    progress: &dyn Progress,
-    what: &str,
-    unreadable: &mut Vec<Unreadable>,
-    stats: &mut EmbedStats,
-) -> Result<Vec<(Sample, Vec<Vec<f32>>)>> {
-    let paths: Vec<&Path> = samples.iter().map(|s| s.path.as_path()).collect();
-    progress.start(paths.len(), what);
-    let (results, st) =
-        features::embed_all(backbone, &paths, views, cache, threads, cancel, |d| {
-            progress.advance(d)
-        })?;
-    progress.finish();
-    stats.computed += st.computed;
-    stats.cached += st.cached;
-    let mut kept = Vec::with_capacity(samples.len());
-    for (s, r) in samples.into_iter().zip(results) {
-        match r {
-            Ok(e) => kept.push((s, e.views)),
-            Err(reason) => {
-                log::warn!("skipping unreadable image: {reason}");
-                unreadable.push(Unreadable {
-                    file: s.path.display().to_string(),
-                    reason,
-                });
+    cancel: &'a AtomicBool,
+    progress: &'a dyn Progress,
+    unreadable: Vec<Unreadable>,
+    stats: EmbedStats,
+}
+
+impl Embedder<'_> {
+    /// Embeds `samples` (views per `views`), setting unreadable ones aside.
+    /// Returns the readable samples with their embeddings.
+    fn embed(
+        &mut self,
+        samples: Vec<Sample>,
+        views: &ViewSpec,
+        what: &str,
+    ) -> Result<Vec<(Sample, Vec<Vec<f32>>)>> {
+        let paths: Vec<&Path> = samples.iter().map(|s| s.path.as_path()).collect();
+        let progress = self.progress;
+        progress.start(paths.len(), what);
+        let (results, st) = features::embed_all(
+            self.backbone,
+            &paths,
+            views,
+            &self.cache,
+            self.threads,
+            self.cancel,
+            |d| progress.advance(d),
+        )?;
+        progress.finish();
+        self.stats.computed += st.computed;
+        self.stats.cached += st.cached;
+        let mut kept = Vec::with_capacity(samples.len());
+        for (s, r) in samples.into_iter().zip(results) {
+            match r {
+                Ok(e) => kept.push((s, e.views)),
+                Err(reason) => {
+                    log::warn!("skipping unreadable image: {reason}");
+                    self.unreadable.push(Unreadable {
+                        file: s.path.display().to_string(),
+                        reason,
+                    });
+                }
             }
         }
+        Ok(kept)
     }
-    Ok(kept)
 }
 
 fn matrix(rows: &[&Vec<f32>]) -> Array2<f32> {
@@ -213,51 +226,27 @@ pub fn finetune(
     for note in &ds.notes {
         progress.stage(note);
     }
-    let cache = Cache::new(opts.cache_dir.clone());
     let train_views = ViewSpec {
         augment: opts.augment,
         params: opts.augment_params,
         seed: opts.train.seed,
     };
-    let mut unreadable = Vec::new();
-    let mut stats = EmbedStats::default();
+    let mut embedder = Embedder {
+        backbone,
+        cache: Cache::new(opts.cache_dir.clone()),
+        threads: opts.threads,
+        cancel,
+        progress,
+        unreadable: Vec::new(),
+        stats: EmbedStats::default(),
+    };
     let t_embed = Instant::now();
-    let train = embed_samples(
-        backbone,
-        ds.train.clone(),
-        &train_views,
-        &cache,
-        opts.threads,
-        cancel,
-        progress,
-        "embedding train",
-        &mut unreadable,
-        &mut stats,
-    )?;
-    let val = embed_samples(
-        backbone,
-        ds.val.clone(),
-        &ViewSpec::plain(),
-        &cache,
-        opts.threads,
-        cancel,
-        progress,
-        "embedding val",
-        &mut unreadable,
-        &mut stats,
-    )?;
-    let test = embed_samples(
-        backbone,
-        ds.test.clone(),
-        &ViewSpec::plain(),
-        &cache,
-        opts.threads,
-        cancel,
-        progress,
-        "embedding test",
-        &mut unreadable,
-        &mut stats,
-    )?;
+    let train = embedder.embed(ds.train.clone(), &train_views, "embedding train")?;
+    let val = embedder.embed(ds.val.clone(), &ViewSpec::plain(), "embedding val")?;
+    let test = embedder.embed(ds.test.clone(), &ViewSpec::plain(), "embedding test")?;
+    let Embedder {
+        unreadable, stats, ..
+    } = embedder;
     let embed_s = t_embed.elapsed().as_secs_f64();
     if !unreadable.is_empty() {
         progress.stage(&format!(
@@ -391,21 +380,17 @@ pub fn evaluate_folder(
     progress: &dyn Progress,
 ) -> Result<(Evaluation, Vec<Unreadable>)> {
     let (samples, _ignored) = crate::dataset::open_labelled_folder(dir, &head.classes)?;
-    let mut unreadable = Vec::new();
-    let mut stats = EmbedStats::default();
-    let cache = Cache::new(cache_dir);
-    let embedded = embed_samples(
+    let mut embedder = Embedder {
         backbone,
-        samples,
-        &ViewSpec::plain(),
-        &cache,
+        cache: Cache::new(cache_dir),
         threads,
         cancel,
         progress,
-        "embedding",
-        &mut unreadable,
-        &mut stats,
-    )?;
+        unreadable: Vec::new(),
+        stats: EmbedStats::default(),
+    };
+    let embedded = embedder.embed(samples, &ViewSpec::plain(), "embedding")?;
+    let unreadable = embedder.unreadable;
     if embedded.is_empty() {
         bail!("{}: no readable images to evaluate", dir.display());
     }
