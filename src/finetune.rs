@@ -16,7 +16,7 @@ use crate::classifier::{backbone_ref, Prediction};
 use crate::dataset::{Dataset, Sample, SplitFractions};
 use crate::features::{self, Cache, EmbedStats, ViewSpec};
 use crate::fsutil;
-use crate::head::{EpochStats, Head, TrainConfig, HEAD_FILE};
+use crate::head::{EpochStats, Head, TrainConfig, TrainSummary, HEAD_FILE};
 use crate::metrics::{self, Evaluation};
 
 /// Fewer readable images than this in a class (train + validation) is refused: nothing honest
@@ -92,12 +92,9 @@ pub struct Report {
     pub config: TrainConfig,
     pub augment: usize,
     pub augment_params: AugmentParams,
-    pub epochs_run: usize,
-    pub best_epoch: usize,
-    pub best_val_loss: Option<f32>,
-    pub stopped_early: bool,
-    pub class_weights: Vec<f32>,
-    pub history: Vec<EpochStats>,
+    /// epochs_run, best_epoch, best_val_loss, stopped_early, class_weights, history.
+    #[serde(flatten)]
+    pub training: TrainSummary,
     /// Metrics on the held-out test split; `null` when the split is empty.
     pub test: Option<Evaluation>,
     pub embeddings: EmbeddingCounts,
@@ -335,12 +332,7 @@ pub fn finetune(
         config: opts.train.clone(),
         augment: opts.augment,
         augment_params: opts.augment_params,
-        epochs_run: summary.epochs_run,
-        best_epoch: summary.best_epoch,
-        best_val_loss: summary.best_val_loss,
-        stopped_early: summary.stopped_early,
-        class_weights: summary.class_weights,
-        history: summary.history,
+        training: summary,
         test: test_eval,
         embeddings: EmbeddingCounts {
             computed: stats.computed,
@@ -423,10 +415,10 @@ impl Report {
             self.config.weight_decay,
             self.config.class_weighting,
             self.config.standardize,
-            self.epochs_run,
-            self.best_epoch,
-            self.best_val_loss.map_or("n/a".into(), |l| format!("{l:.4}")),
-            if self.stopped_early { ", stopped early" } else { "" }
+            self.training.epochs_run,
+            self.training.best_epoch,
+            self.training.best_val_loss.map_or("n/a".into(), |l| format!("{l:.4}")),
+            if self.training.stopped_early { ", stopped early" } else { "" }
         ));
         s.push_str("## Held-out test set\n\n");
         match &self.test {

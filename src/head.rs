@@ -460,30 +460,22 @@ mod tests {
         };
         let classes = vec!["a".to_string(), "b".to_string()];
         let no = AtomicBool::new(false);
-        let (h1, s1) = Head::train(
-            bref(),
-            classes.clone(),
-            x.view(),
-            &y,
-            xv.view(),
-            &yv,
-            &cfg,
-            &no,
-            |_| {},
-        )
-        .unwrap();
-        let (h2, s2) = Head::train(
-            bref(),
-            classes,
-            x.view(),
-            &y,
-            xv.view(),
-            &yv,
-            &cfg,
-            &no,
-            |_| {},
-        )
-        .unwrap();
+        let train = || {
+            Head::train(
+                bref(),
+                classes.clone(),
+                x.view(),
+                &y,
+                xv.view(),
+                &yv,
+                &cfg,
+                &no,
+                |_| {},
+            )
+            .unwrap()
+        };
+        let (h1, s1) = train();
+        let (h2, s2) = train();
         assert_eq!(h1.weights, h2.weights);
         assert_eq!(s1.history, s2.history);
         assert!(s1.history[s1.best_epoch - 1].val_accuracy.unwrap() > 0.9);

@@ -331,8 +331,8 @@ fn finetune_cmd(model: Option<&str>, opts: &FinetuneOptions, json: bool) -> Resu
         writeln!(
             out,
             "{} epochs (best {}), {:.1} s total; wrote {}",
-            report.epochs_run,
-            report.best_epoch,
+            report.training.epochs_run,
+            report.training.best_epoch,
             report.timings.total_s,
             opts.out.join("head.json").display()
         )?;
