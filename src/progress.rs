@@ -16,40 +16,41 @@ pub struct Terminal {
 
 impl Terminal {
     pub fn new() -> Terminal {
-        let tty = std::io::stderr().is_terminal();
-        let bar = ProgressBar::with_draw_target(
-            None,
-            if tty {
-                ProgressDrawTarget::stderr()
-            } else {
-                ProgressDrawTarget::hidden()
-            },
-        );
-        Terminal { tty, bar }
+        // Drawn only between start() and finish(): an idle bar would print an empty gauge.
+        Terminal {
+            tty: std::io::stderr().is_terminal(),
+            bar: ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
+        }
+    }
+
+    /// A line above the bar (or alone when no bar is shown).
+    fn print(&self, msg: &str) {
+        self.bar.suspend(|| eprintln!("{msg}"));
     }
 }
 
 impl Progress for Terminal {
     fn stage(&self, msg: &str) {
         if self.tty {
-            self.bar.println(msg);
+            self.print(msg);
         } else {
             log::info!("{msg}");
         }
     }
 
     fn start(&self, total: usize, what: &str) {
+        if !self.tty {
+            return;
+        }
         self.bar.reset();
         self.bar.set_length(total as u64);
-        self.bar.set_position(0);
         self.bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>16} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg:>16} [{bar:30}] {pos}/{len} images, eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         self.bar.set_message(what.to_string());
+        self.bar.set_draw_target(ProgressDrawTarget::stderr());
     }
 
     fn advance(&self, done: usize) {
@@ -58,6 +59,7 @@ impl Progress for Terminal {
 
     fn finish(&self) {
         self.bar.finish_and_clear();
+        self.bar.set_draw_target(ProgressDrawTarget::hidden());
     }
 
     fn epoch(&self, e: &EpochStats) {
@@ -68,7 +70,7 @@ impl Progress for Terminal {
             (Some(l), Some(a)) => format!("val loss {l:.4} acc {a:.4}"),
             _ => "no validation set".into(),
         };
-        self.bar.println(format!(
+        self.print(&format!(
             "epoch {:>3}: train loss {:.4} acc {:.4}, {val}",
             e.epoch, e.train_loss, e.train_accuracy
         ));
