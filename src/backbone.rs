@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 
 use crate::models::{InputDtype, Layout, ModelSpec, ResolvedModel, ScoresKind};
 use crate::preprocess;
+use crate::tflite::{self, Precision};
 
 /// Width of MobileNetV2 1.0's pooled feature vector.
 pub const EMBEDDING_DIM: usize = 1280;
@@ -45,6 +46,12 @@ pub struct Backbone {
     spec: ModelSpec,
     sha256: String,
     plan: Arc<TypedRunnableModel>,
+    /// Type tag the input tensor needs (the int8 TFLite graph takes quantized u8).
+    input_type: DatumType,
+    /// The arithmetic this backbone runs in: TFLite files offer both, ONNX files are what they are.
+    precision: Option<Precision>,
+    /// TFLite operators the int8 graph runs in f32.
+    f32_fallbacks: Vec<String>,
     labels: Option<Vec<String>>,
     with_scores: bool,
 }
@@ -61,6 +68,16 @@ impl Backbone {
     /// Loads and optimises the model for batch-1 frames. `with_scores` keeps the classifier
     /// layers; without it the graph is cut at the pooled features and the rest is dropped.
     pub fn load(model: &ResolvedModel, with_scores: bool) -> Result<Backbone, BackboneError> {
+        Self::load_with_precision(model, with_scores, Precision::F32)
+    }
+
+    /// As [`Backbone::load`], choosing the arithmetic for TFLite files (ignored for ONNX files,
+    /// whose precision is fixed by the file).
+    pub fn load_with_precision(
+        model: &ResolvedModel,
+        with_scores: bool,
+        precision: Precision,
+    ) -> Result<Backbone, BackboneError> {
         let spec = &model.spec;
         if with_scores && !spec.has_scores() {
             return Err(BackboneError::NoScores(spec.name.clone()));
@@ -70,8 +87,20 @@ impl Backbone {
             name: spec.name.clone(),
             reason,
         };
-        let plan =
-            build_plan(&model.path, spec, with_scores).map_err(|e| load_err(format!("{e:#}")))?;
+        let built = if spec.format == "tflite" {
+            build_tflite_plan(&model.path, spec, with_scores, precision)
+        } else {
+            build_plan(&model.path, spec, with_scores).map(|plan| Built {
+                plan,
+                input_type: match spec.input.dtype {
+                    InputDtype::U8 => DatumType::U8,
+                    InputDtype::F32 => DatumType::F32,
+                },
+                precision: None,
+                f32_fallbacks: Vec::new(),
+            })
+        }
+        .map_err(|e| load_err(format!("{e:#}")))?;
         let labels = match (with_scores, model.labels_path()) {
             (false, _) => None,
             (true, Some(p)) => Some(read_labels(&p, spec.classes)?),
@@ -85,7 +114,10 @@ impl Backbone {
         Ok(Backbone {
             spec: spec.clone(),
             sha256: model.sha256.clone(),
-            plan,
+            plan: built.plan,
+            input_type: built.input_type,
+            precision: built.precision,
+            f32_fallbacks: built.f32_fallbacks,
             labels,
             with_scores,
         })
@@ -101,6 +133,24 @@ impl Backbone {
 
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// `Some` for TFLite files, which can run in either precision.
+    pub fn precision(&self) -> Option<Precision> {
+        self.precision
+    }
+
+    /// TFLite operators that the int8 graph runs in f32 (between a dequantize and a requantize).
+    pub fn f32_fallbacks(&self) -> &[String] {
+        &self.f32_fallbacks
+    }
+
+    /// What identifies this backbone's embeddings: the file, and the arithmetic when it varies.
+    pub fn embedding_id(&self) -> String {
+        match self.precision {
+            None | Some(Precision::F32) => self.sha256.clone(),
+            Some(p) => format!("{}+{p}", self.sha256),
+        }
     }
 
     /// The square side images are resized to before [`Backbone::embed`].
@@ -122,7 +172,11 @@ impl Backbone {
             fitted = preprocess::fit(img, size);
             &fitted
         };
-        let input = preprocess::to_tensor(&self.spec.input, &[img]);
+        let mut input = preprocess::to_tensor(&self.spec.input, &[img]);
+        if input.datum_type() != self.input_type {
+            // Safety: both types are u8 underneath; only the quantization tag differs.
+            unsafe { input.set_datum_type(self.input_type) };
+        }
         let outputs = self
             .plan
             .run(tvec!(input.into()))
@@ -178,6 +232,62 @@ fn f32_values(t: &Tensor) -> Result<Vec<f32>, BackboneError> {
         .map_err(|e| BackboneError::Run(format!("{e:#}")))
 }
 
+struct Built {
+    plan: Arc<TypedRunnableModel>,
+    input_type: DatumType,
+    precision: Option<Precision>,
+    f32_fallbacks: Vec<String>,
+}
+
+fn build_tflite_plan(
+    path: &Path,
+    spec: &ModelSpec,
+    with_scores: bool,
+    precision: Precision,
+) -> anyhow::Result<Built> {
+    let bytes = std::fs::read(path)?;
+    let built = tflite::build(&bytes, precision)?;
+    anyhow::ensure!(
+        built.input_size == spec.input.size,
+        "the file takes {0}x{0} images, the manifest says {1}",
+        built.input_size,
+        spec.input.size
+    );
+    let mut model = built.model;
+    let mut outputs = vec![built.embedding];
+    if with_scores {
+        outputs.push(
+            built
+                .logits
+                .ok_or_else(|| anyhow::anyhow!("the file has no SOFTMAX classifier output"))?,
+        );
+    }
+    model.select_output_outlets(&outputs)?;
+    let model = model.into_optimized()?;
+    check_embedding(&model, "pooling")?;
+    Ok(Built {
+        plan: model.into_runnable()?,
+        input_type: built.input_type,
+        precision: Some(precision),
+        f32_fallbacks: built.f32_fallbacks,
+    })
+}
+
+fn check_embedding(model: &TypedModel, what: &str) -> TractResult<()> {
+    let emb_fact = model.output_fact(0)?;
+    let emb_len: usize = emb_fact
+        .shape
+        .as_concrete()
+        .map(|d| d.iter().product())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        emb_len == EMBEDDING_DIM && emb_fact.datum_type == f32::datum_type(),
+        "embedding {what} gives {:?}, expected {EMBEDDING_DIM} f32 values",
+        emb_fact
+    );
+    Ok(())
+}
+
 fn build_plan(
     path: &Path,
     spec: &ModelSpec,
@@ -210,18 +320,7 @@ fn build_plan(
     }
     model.select_outputs_by_name(&outputs)?;
     let model = model.into_optimized()?;
-    let emb_fact = model.output_fact(0)?;
-    let emb_len: usize = emb_fact
-        .shape
-        .as_concrete()
-        .map(|d| d.iter().product())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        emb_len == EMBEDDING_DIM && emb_fact.datum_type == f32::datum_type(),
-        "embedding node {} gives {:?}, expected {EMBEDDING_DIM} f32 values",
-        outputs[0],
-        emb_fact
-    );
+    check_embedding(&model, &format!("node {}", outputs[0]))?;
     model.into_runnable()
 }
 

@@ -203,7 +203,7 @@ fn embed_one(
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
     let image_sha = hex::encode(Sha256::digest(&bytes));
     let keys: Vec<String> = (0..=views.augment)
-        .map(|v| Cache::key(backbone.sha256(), &image_sha, views, v))
+        .map(|v| Cache::key(&backbone.embedding_id(), &image_sha, views, v))
         .collect();
     let cached: Vec<Option<Vec<f32>>> = keys.iter().map(|k| cache.get(k)).collect();
     if cached.iter().all(Option::is_some) {

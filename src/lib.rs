@@ -24,3 +24,4 @@ pub mod head;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;
+pub mod tflite;

@@ -16,6 +16,7 @@ use edge_mnv2::dataset::SplitFractions;
 use edge_mnv2::finetune::{self, FinetuneOptions};
 use edge_mnv2::head::{Head, TrainConfig};
 use edge_mnv2::models::{self, Manifest};
+use edge_mnv2::tflite::Precision;
 use edge_mnv2::{features, fsutil, preprocess};
 
 mod progress;
@@ -36,6 +37,9 @@ struct ModelArg {
     /// Model name from `edge-mnv2 models`, or a path to a model file
     #[arg(long, short = 'm', value_name = "PATH|NAME")]
     model: Option<String>,
+    /// Arithmetic for TFLite models (default: this board's calibration, else f32)
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
 }
 
 #[derive(Args)]
@@ -237,13 +241,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             top,
             json,
             images,
-        } => classify(model.model.as_deref(), top, json, &images),
+        } => classify(&model, top, json, &images),
         Command::Embed {
             model,
             json,
             out,
             images,
-        } => embed(model.model.as_deref(), json, out.as_deref(), &images),
+        } => embed(&model, json, out.as_deref(), &images),
         Command::Models { json } => list_models(json),
         Command::Finetune {
             data,
@@ -288,7 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 threads: run.threads(),
                 cache_dir: run.cache_dir(),
             };
-            finetune_cmd(model.model.as_deref(), &opts, json)
+            finetune_cmd(&model, &opts, json)
         }
         Command::Evaluate {
             head,
@@ -296,17 +300,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             testdir,
             run,
             json,
-        } => evaluate_cmd(&head, model.model.as_deref(), &testdir, &run, json),
+        } => evaluate_cmd(&head, &model, &testdir, &run, json),
         Command::Predict {
             head,
             model,
             json,
             images,
-        } => predict_cmd(&head, model.model.as_deref(), json, &images),
+        } => predict_cmd(&head, &model, json, &images),
     }
 }
 
-fn finetune_cmd(model: Option<&str>, opts: &FinetuneOptions, json: bool) -> Result<ExitCode> {
+fn finetune_cmd(model: &ModelArg, opts: &FinetuneOptions, json: bool) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let cancel = progress::cancel_on_ctrl_c();
     let backbone = load_backbone(model, false)?;
@@ -341,15 +345,24 @@ fn finetune_cmd(model: Option<&str>, opts: &FinetuneOptions, json: bool) -> Resu
 }
 
 /// Loads a head and the backbone it was trained on (its recorded name unless --model says otherwise).
-fn load_classifier(head_path: &Path, model: Option<&str>) -> Result<Classifier> {
+fn load_classifier(head_path: &Path, model: &ModelArg) -> Result<Classifier> {
     let head = Head::load(head_path)?;
-    let backbone = load_backbone(Some(model.unwrap_or(&head.backbone.name)), false)?;
+    let model = ModelArg {
+        model: Some(
+            model
+                .model
+                .clone()
+                .unwrap_or_else(|| head.backbone.name.clone()),
+        ),
+        precision: model.precision,
+    };
+    let backbone = load_backbone(&model, false)?;
     Ok(Classifier::new(backbone, head)?)
 }
 
 fn evaluate_cmd(
     head: &Path,
-    model: Option<&str>,
+    model: &ModelArg,
     testdir: &Path,
     run: &RunArgs,
     json: bool,
@@ -383,12 +396,7 @@ fn evaluate_cmd(
     })
 }
 
-fn predict_cmd(
-    head: &Path,
-    model: Option<&str>,
-    json: bool,
-    images: &[PathBuf],
-) -> Result<ExitCode> {
+fn predict_cmd(head: &Path, model: &ModelArg, json: bool, images: &[PathBuf]) -> Result<ExitCode> {
     let c = load_classifier(head, model)?;
     let stdout = std::io::stdout();
     Ok(for_each_image(images, |path| {
@@ -415,9 +423,14 @@ fn predict_cmd(
     }))
 }
 
-fn load_backbone(model: Option<&str>, with_scores: bool) -> Result<Backbone> {
-    let resolved = models::resolve(&Manifest::builtin(), model)?;
-    Ok(Backbone::load(&resolved, with_scores)?)
+fn load_backbone(model: &ModelArg, with_scores: bool) -> Result<Backbone> {
+    let resolved = models::resolve(&Manifest::builtin(), model.model.as_deref())?;
+    let precision = model.precision.unwrap_or(Precision::F32);
+    Ok(Backbone::load_with_precision(
+        &resolved,
+        with_scores,
+        precision,
+    )?)
 }
 
 /// Runs `f` on every image, reporting failures one line each on stderr and going on;
@@ -438,7 +451,7 @@ fn for_each_image(images: &[PathBuf], mut f: impl FnMut(&Path) -> Result<()>) ->
     }
 }
 
-fn classify(model: Option<&str>, top: usize, json: bool, images: &[PathBuf]) -> Result<ExitCode> {
+fn classify(model: &ModelArg, top: usize, json: bool, images: &[PathBuf]) -> Result<ExitCode> {
     let backbone = load_backbone(model, true)?;
     let stdout = std::io::stdout();
     Ok(for_each_image(images, |path| {
@@ -462,12 +475,7 @@ fn classify(model: Option<&str>, top: usize, json: bool, images: &[PathBuf]) -> 
     }))
 }
 
-fn embed(
-    model: Option<&str>,
-    json: bool,
-    out: Option<&Path>,
-    images: &[PathBuf],
-) -> Result<ExitCode> {
+fn embed(model: &ModelArg, json: bool, out: Option<&Path>, images: &[PathBuf]) -> Result<ExitCode> {
     if let Some(out) = out {
         if out.is_dir() {
             anyhow::bail!("{}: is a directory, expected an output file", out.display());

@@ -319,7 +319,11 @@ mod tests {
         let m = Manifest::builtin();
         assert!(m.get(&m.default).is_some());
         for spec in &m.models {
-            assert_eq!(spec.format, "onnx", "{}", spec.name);
+            assert!(
+                spec.format == "onnx" || spec.format == "tflite",
+                "{}",
+                spec.name
+            );
             assert!(
                 spec.sha256.is_empty() || spec.sha256.len() == 64,
                 "{}",
