@@ -1,6 +1,6 @@
 //! Backbone latency: cold start (resolve + checksum + load + optimise + first frame) and the
-//! median of warm batch-1 frames, for each runnable model file, with each file's ratio against
-//! the default model measured in the same process.
+//! median of warm batch-1 frames, for each runnable model file and precision, with each one's
+//! ratio against the first row (the default model in f32) measured in the same process.
 //!
 //! `cargo bench --bench backbone` (release profile). `BENCH_RUNS=N` changes the warm run count.
 
@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 use edge_mnv2::backbone::Backbone;
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::preprocess;
+use edge_mnv2::tflite::Precision;
 
-const MODELS: [&str; 3] = [
-    "mnv2-1.0-224-dequant-backbone",
-    "mnv2-1.0-224-quant-qdq-backbone",
-    "mobilenetv2-12-int8-backbone",
+/// (manifest name, precision for TFLite files). The first row is the baseline of the ratios.
+const MODELS: [(&str, Precision); 6] = [
+    ("mobilenet_v2_1.0_224_quant", Precision::F32),
+    ("mobilenet_v2_1.0_224_quant", Precision::Int8),
+    ("tf2_mobilenet_v2_1.0_224_ptq", Precision::F32),
+    ("mnv2-1.0-224-dequant-backbone", Precision::F32),
+    ("mnv2-1.0-224-quant-qdq-backbone", Precision::F32),
+    ("mobilenetv2-12-int8-backbone", Precision::F32),
 ];
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -51,14 +56,18 @@ fn main() {
         cpu_name()
     );
     println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>10}",
-        "model", "cold ms", "median ms", "p90 ms", "vs default"
+        "{:<36} {:>10} {:>10} {:>10} {:>10}",
+        "model", "cold ms", "median ms", "p90 ms", "vs first"
     );
     let mut base = None;
-    for name in MODELS {
+    for (name, precision) in MODELS {
         let t0 = Instant::now();
         let resolved = models::resolve(&manifest, Some(name)).unwrap();
-        let backbone = Backbone::load(&resolved, false).unwrap();
+        let backbone = Backbone::load_with_precision(&resolved, false, precision).unwrap();
+        let name = match backbone.precision() {
+            Some(p) => format!("{name} {p}"),
+            None => name.to_string(),
+        };
         backbone.embed(&frames[0]).unwrap();
         let cold = t0.elapsed();
         for f in &frames {
@@ -76,7 +85,7 @@ fn main() {
         let p90 = times[times.len() * 9 / 10];
         let base_med = *base.get_or_insert(med);
         println!(
-            "{name:<34} {:>10.1} {:>10.2} {:>10.2} {:>9.2}x",
+            "{name:<36} {:>10.1} {:>10.2} {:>10.2} {:>9.2}x",
             ms(cold),
             ms(med),
             ms(p90),

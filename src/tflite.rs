@@ -5,10 +5,13 @@
 //! scales; QUANTIZE), so we walk the flatbuffer ourselves, using the schema code tract-tflite
 //! generates, and wire only the handful of operators MobileNets use. Two precisions:
 //!
-//! - [`Precision::F32`]: every quantized constant is turned into the real number it stands for
-//!   (`(q - zero_point) * scale`, per channel where the file says so) and the graph runs in f32.
-//!   Activations are not re-quantized between layers: the result is what the quantized weights
-//!   mean, at float precision.
+//! - [`Precision::F32`]: the file's integer arithmetic carried out with f32 kernels. Every
+//!   activation wire holds `q - zero_point` (an integer, stored as f32), weights hold
+//!   `q - zero_point`, and each layer ends as TFLite's does: accumulator × (input scale × weight
+//!   scale / output scale), rounded, clamped to the 8-bit range and the fused activation. Integer
+//!   sums of this size are exact in f32, so the result is LiteRT's to the rare rounding tie, at
+//!   tract's f32 speed. (Plain dequantized weights with float activations drift further: cosine
+//!   0.9978 to LiteRT on one golden frame.)
 //! - [`Precision::Int8`]: convolutions run on tract's quantized kernels with the file's own scales
 //!   and zero points; ADD, pooling and QUANTIZE fall back to f32 between a dequantize and a
 //!   requantize, because tract cannot add two 8-bit tensors of different scales.
@@ -62,7 +65,7 @@ impl fmt::Display for Precision {
 pub enum TfliteError {
     #[error("not a TFLite flatbuffer: {0}")]
     Format(String),
-    #[error("operator #{index} {op} is not supported (edge-mnv2 reads the MobileNet family: CONV_2D, DEPTHWISE_CONV_2D, ADD, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, QUANTIZE, DEQUANTIZE)")]
+    #[error("operator #{index} {op} is not supported (edge-mnv2 reads the MobileNet family: CONV_2D, DEPTHWISE_CONV_2D, ADD, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, QUANTIZE)")]
     UnsupportedOp { index: usize, op: String },
     #[error("operator #{index} {op}: {reason}")]
     Unsupported {
@@ -219,11 +222,11 @@ impl<'a> Builder<'a> {
                     wire
                 }
                 BuiltinOperator::RESHAPE => self.reshape(&ctx)?,
-                BuiltinOperator::QUANTIZE | BuiltinOperator::DEQUANTIZE => self.requantize(&ctx)?,
+                BuiltinOperator::QUANTIZE => self.requantize(&ctx)?,
                 BuiltinOperator::SOFTMAX => {
                     // The caller applies softmax in f32; we stop at the logits. What follows a
                     // final softmax only re-encodes the probabilities (TF2's output QUANTIZE).
-                    logits = Some(self.to_f32(ctx.inputs[0], "logits")?);
+                    logits = Some(self.real(ctx.inputs[0], "logits")?);
                     break;
                 }
                 _ => {
@@ -341,8 +344,8 @@ impl<'a> Builder<'a> {
             .filter(|d| !d.is_empty()))
     }
 
-    /// A constant tensor as the real numbers it stands for.
-    fn dequantized_const(
+    /// A quantized constant as offsets from its zero points (`q - zp`, per channel), in f32.
+    fn offsets_const(
         &self,
         ctx: &OpCtx,
         i: i32,
@@ -364,14 +367,14 @@ impl<'a> Builder<'a> {
                 ints.iter()
                     .enumerate()
                     .map(|(k, &v)| {
-                        let (s, z) = q.at((k / inner.max(1)) % dim);
-                        (v - z) as f32 * s
+                        let (_, z) = q.at((k / inner.max(1)) % dim);
+                        (v - z) as f32
                     })
                     .collect()
             }
         };
-        Ok(tract_ndarray::ArrayD::from_shape_vec(shape, values)
-            .map_err(|e| ctx.unsupported(e.to_string()))?)
+        tract_ndarray::ArrayD::from_shape_vec(shape, values)
+            .map_err(|e| ctx.unsupported(e.to_string()))
     }
 
     /// A constant tensor's stored integers (or floats), untouched.
@@ -474,7 +477,7 @@ impl<'a> Builder<'a> {
                 let x = self
                     .target
                     .wire_node("input.f32", cast(DatumType::F32), &[src])?[0];
-                self.affine(x, "input.dequant", scale, -(zp as f32) * scale)?
+                self.affine(x, "input.offset", 1.0, -(zp as f32))?
             }
         };
         self.wires.insert(i, wire);
@@ -505,19 +508,108 @@ impl<'a> Builder<'a> {
         )?[0])
     }
 
-    /// Tensor `i` as f32 real values (dequantizing in the int8 graph).
-    fn to_f32(&mut self, i: i32, name: &str) -> Result<OutletId, TfliteError> {
+    /// Tensor `i` as f32 real values: `offset × scale` in the f32 graph, a dequantize in the
+    /// int8 graph.
+    fn real(&mut self, i: i32, name: &str) -> Result<OutletId, TfliteError> {
         let w = *self.wires.get(&i).ok_or_else(|| {
             TfliteError::Graph(format!("tensor {i} is not produced by any operator"))
         })?;
-        let dt = self.target.outlet_fact(w)?.datum_type;
-        if dt == DatumType::F32 {
-            return Ok(w);
+        match self.precision {
+            Precision::F32 => {
+                let s = self.scale(i)?;
+                self.affine(w, &format!("{name}.real"), s, 0.0)
+            }
+            Precision::Int8 => Ok(self.target.wire_node(
+                self.unique(&format!("{name}.dequant")),
+                cast(DatumType::F32),
+                &[w],
+            )?[0]),
         }
-        Ok(self.target.wire_node(
-            self.unique(&format!("{name}.dequant")),
-            cast(DatumType::F32),
-            &[w],
+    }
+
+    /// The per-tensor scale of an activation tensor.
+    fn scale(&self, i: i32) -> Result<f32, TfliteError> {
+        self.quant(i)?
+            .filter(Quant::per_tensor)
+            .map(|q| q.scale[0])
+            .filter(|&s| s > 0.0)
+            .ok_or_else(|| {
+                TfliteError::Graph(format!("activation tensor {i} is not per-tensor quantized"))
+            })
+    }
+
+    /// TFLite's output range for the op's output tensor, in offsets from its zero point: the
+    /// 8-bit range intersected with the fused activation, both on the output's own grid.
+    fn output_range(
+        &self,
+        ctx: &OpCtx,
+        act: ActivationFunctionType,
+    ) -> Result<(f32, f32), TfliteError> {
+        let out = ctx.outputs[0];
+        let q = self.quant(out)?.filter(Quant::per_tensor).ok_or_else(|| {
+            ctx.unsupported(format!("output tensor {out} is not per-tensor quantized"))
+        })?;
+        let (s, zp) = (q.scale[0], q.zero_point[0]);
+        let (qmin, qmax) = match self.tensor(out)?.type_() {
+            TensorType::UINT8 => (0i64, 255i64),
+            TensorType::INT8 => (-128, 127),
+            other => {
+                return Err(ctx.unsupported(format!(
+                    "output of type {}",
+                    other.variant_name().unwrap_or("?")
+                )))
+            }
+        };
+        let q_of = |v: f32| zp + (v / s).round() as i64;
+        let (lo, hi) = match act {
+            ActivationFunctionType::NONE => (qmin, qmax),
+            ActivationFunctionType::RELU => (qmin.max(q_of(0.0)), qmax),
+            ActivationFunctionType::RELU6 => (qmin.max(q_of(0.0)), qmax.min(q_of(6.0))),
+            ActivationFunctionType::RELU_N1_TO_1 => (qmin.max(q_of(-1.0)), qmax.min(q_of(1.0))),
+            other => {
+                return Err(ctx.unsupported(format!(
+                    "fused activation {}",
+                    other.variant_name().unwrap_or("?")
+                )))
+            }
+        };
+        Ok(((lo - zp) as f32, (hi - zp) as f32))
+    }
+
+    /// The end of every layer in the f32 graph: `round(x × multiplier)` clamped to the output
+    /// range. `multiplier` is a scalar or one value per output channel (last axis).
+    fn requantize_f32(
+        &mut self,
+        ctx: &OpCtx,
+        x: OutletId,
+        multiplier: Tensor,
+        act: ActivationFunctionType,
+    ) -> Result<OutletId, TfliteError> {
+        let (lo, hi) = self.output_range(ctx, act)?;
+        let name = self.unique(&format!("op{}.requant", ctx.index));
+        let m = self.konst(format!("{name}.m"), multiplier)?;
+        let y = wire_with_rank_broadcast(
+            format!("{name}.scale"),
+            &mut self.target,
+            math::mul(),
+            &[x, m],
+        )?[0];
+        let y = self
+            .target
+            .wire_node(format!("{name}.round"), math::round(), &[y])?[0];
+        let lo = self.konst(format!("{name}.lo"), tensor0(lo))?;
+        let y = wire_with_rank_broadcast(
+            format!("{name}.max"),
+            &mut self.target,
+            math::max(),
+            &[y, lo],
+        )?[0];
+        let hi = self.konst(format!("{name}.hi"), tensor0(hi))?;
+        Ok(wire_with_rank_broadcast(
+            format!("{name}.min"),
+            &mut self.target,
+            math::min(),
+            &[y, hi],
         )?[0])
     }
 
@@ -610,8 +702,8 @@ impl<'a> Builder<'a> {
                 k_shape[0],
             )
         };
-        let weights_in = if depthwise { k_shape[3] } else { k_shape[3] };
-        if depthwise && out_c != in_c || !depthwise && weights_in != in_c {
+        // OHWI: a convolution's I is its input depth; a depthwise's [1, H, W, C] has C = in_c.
+        if k_shape[3] != in_c || depthwise && out_c != in_c {
             return Err(ctx.unsupported(format!(
                 "weights {k_shape:?} do not match {in_c} input channels"
             )));
@@ -639,9 +731,13 @@ impl<'a> Builder<'a> {
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
         let y = match self.precision {
             Precision::F32 => {
-                let k = self.dequantized_const(ctx, k_i)?;
+                let kq = self
+                    .quant(k_i)?
+                    .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
+                let k = self.offsets_const(ctx, k_i)?;
+                let xs = self.scale(x_i)?;
                 let b = match b_i {
-                    Some(b_i) => self.bias_f32(ctx, b_i, x_i, k_i, out_c)?,
+                    Some(b_i) => self.bias_in_accumulator_units(ctx, b_i, xs, &kq, out_c)?,
                     None => tract_ndarray::Array1::<f32>::zeros(out_c).into_dyn(),
                 };
                 let kw = self.konst(format!("{name}.weights"), k.into_tensor())?;
@@ -652,46 +748,55 @@ impl<'a> Builder<'a> {
                     group,
                     q_params: None,
                 };
-                self.target.wire_node(&name, op, &[x, kw, bw])?[0]
+                let acc = self.target.wire_node(&name, op, &[x, kw, bw])?[0];
+                let ys = self.scale(ctx.outputs[0])?;
+                let multiplier = if kq.per_tensor() {
+                    tensor0(xs * kq.scale[0] / ys)
+                } else {
+                    tensor1(&(0..out_c).map(|c| xs * kq.at(c).0 / ys).collect::<Vec<_>>())
+                };
+                return self.requantize_f32(ctx, acc, multiplier, act);
             }
             Precision::Int8 => self.conv_int8(ctx, &name, x, pool_spec, group, b_i, out_c)?,
         };
         self.fused_activation(ctx, y, act)
     }
 
-    /// Bias as reals: the file's int32 times its own scale (or input scale × weight scale).
-    fn bias_f32(
+    /// The bias in accumulator units (input scale × weight scale of its channel), which is how
+    /// TFLite stores it; rescaled if a file gives it another scale.
+    fn bias_in_accumulator_units(
         &self,
         ctx: &OpCtx,
         b_i: i32,
-        x_i: i32,
-        k_i: i32,
+        xs: f32,
+        kq: &Quant,
         out_c: usize,
     ) -> Result<tract_ndarray::ArrayD<f32>, TfliteError> {
-        if self.quant(b_i)?.is_some() {
-            return self.dequantized_const(ctx, b_i);
-        }
         let raw = self.raw_const(ctx, b_i)?;
-        if raw.datum_type() == DatumType::F32 {
-            return Ok(raw.into_plain_array::<f32>()?);
-        }
-        let xs = self.quant(x_i)?.map(|q| q.scale[0]).unwrap_or(1.0);
-        let kq = self
-            .quant(k_i)?
-            .ok_or_else(|| ctx.unsupported("integer bias with float weights"))?;
-        let ints = values::<i64>(&raw)?;
+        let ints = values::<f32>(&raw)?;
         if ints.len() != out_c {
             return Err(ctx.unsupported(format!(
                 "bias has {} values for {out_c} channels",
                 ints.len()
             )));
         }
-        Ok(tract_ndarray::Array1::from_iter(
-            ints.iter()
-                .enumerate()
-                .map(|(c, &v)| v as f32 * xs * kq.at(c).0),
+        let bq = self.quant(b_i)?;
+        Ok(
+            tract_ndarray::Array1::from_iter(ints.iter().enumerate().map(|(c, &v)| {
+                let acc_scale = xs * kq.at(c).0;
+                let own_scale = match (&bq, raw.datum_type()) {
+                    (_, DatumType::F32) => 1.0,
+                    (Some(bq), _) => bq.at(c).0,
+                    (None, _) => acc_scale,
+                };
+                if own_scale == acc_scale {
+                    v
+                } else {
+                    v * own_scale / acc_scale
+                }
+            }))
+            .into_dyn(),
         )
-        .into_dyn())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -705,7 +810,7 @@ impl<'a> Builder<'a> {
         b_i: Option<i32>,
         out_c: usize,
     ) -> Result<OutletId, TfliteError> {
-        let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
+        let k_i = ctx.inputs[1];
         let x_dt = self.target.outlet_fact(x)?.datum_type;
         let (x0, xs) = x_dt
             .qparams()
@@ -744,7 +849,6 @@ impl<'a> Builder<'a> {
             }
             None => tract_ndarray::Array1::<i32>::zeros(out_c).into_tensor(),
         };
-        let _ = x_i;
         let inputs = [
             x,
             self.konst(format!("{name}.weights"), k)?,
@@ -775,8 +879,19 @@ impl<'a> Builder<'a> {
             .map(|o| o.fused_activation_function())
             .unwrap_or(ActivationFunctionType::NONE);
         let name = self.unique(&format!("op{}.add", ctx.index));
-        let a = self.to_f32(ctx.inputs[0], &format!("{name}.a"))?;
-        let b = self.to_f32(ctx.inputs[1], &format!("{name}.b"))?;
+        if self.precision == Precision::F32 {
+            // Both inputs brought to the output's grid, summed, rounded once, as TFLite does.
+            let so = self.scale(ctx.outputs[0])?;
+            let (sa, sb) = (self.scale(ctx.inputs[0])?, self.scale(ctx.inputs[1])?);
+            let a = self.wire(ctx, ctx.inputs[0])?;
+            let b = self.wire(ctx, ctx.inputs[1])?;
+            let a = self.affine(a, &format!("{name}.a"), sa / so, 0.0)?;
+            let b = self.affine(b, &format!("{name}.b"), sb / so, 0.0)?;
+            let sum = wire_with_rank_broadcast(&name, &mut self.target, math::add(), &[a, b])?[0];
+            return self.requantize_f32(ctx, sum, tensor0(1.0f32), act);
+        }
+        let a = self.real(ctx.inputs[0], &format!("{name}.a"))?;
+        let b = self.real(ctx.inputs[1], &format!("{name}.b"))?;
         let sum = wire_with_rank_broadcast(&name, &mut self.target, math::add(), &[a, b])?[0];
         let y = self.fused_activation(ctx, sum, act)?;
         self.requantize_output(ctx, y, "ADD")
@@ -789,9 +904,6 @@ impl<'a> Builder<'a> {
         y: OutletId,
         what: &str,
     ) -> Result<OutletId, TfliteError> {
-        if self.precision == Precision::F32 {
-            return Ok(y);
-        }
         let dt = self.qtype(ctx, ctx.outputs[0])?;
         self.fallbacks.push(format!("#{} {what}", ctx.index));
         Ok(self.target.wire_node(
@@ -838,7 +950,10 @@ impl<'a> Builder<'a> {
             ActivationFunctionType::NONE
         };
         let name = self.unique(&format!("op{}.pool", ctx.index));
-        let x = self.to_f32(x_i, &name)?;
+        let x = match self.precision {
+            Precision::F32 => self.wire(ctx, x_i)?,
+            Precision::Int8 => self.real(x_i, &name)?,
+        };
         let pool = SumPool {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NHWC,
@@ -853,7 +968,9 @@ impl<'a> Builder<'a> {
             normalize: true,
         };
         let mut y = self.target.wire_node(&name, pool, &[x])?[0];
-        y = self.fused_activation(ctx, y, act)?;
+        if self.precision == Precision::Int8 {
+            y = self.fused_activation(ctx, y, act)?;
+        }
         let out_shape = self.shape(ctx.outputs[0])?;
         if out_shape.len() == 2 {
             y = self.target.wire_node(
@@ -866,17 +983,16 @@ impl<'a> Builder<'a> {
                 &[y],
             )?[0];
         }
-        let next = self.requantize_output(ctx, y, ctx.name.as_str())?;
-        // The embedding the int8 graph hands on is its 8-bit pooled tensor, as LiteRT's is.
-        let embedding = if next == y {
-            y
-        } else {
-            self.target.wire_node(
-                self.unique(&format!("{name}.embedding")),
-                cast(DatumType::F32),
-                &[next],
-            )?[0]
+        // The embedding is the 8-bit pooled tensor, as LiteRT's is, in real units.
+        let next = match self.precision {
+            Precision::F32 => {
+                let m = self.scale(x_i)? / self.scale(ctx.outputs[0])?;
+                self.requantize_f32(ctx, y, tensor0(m), act)?
+            }
+            Precision::Int8 => self.requantize_output(ctx, y, ctx.name.as_str())?,
         };
+        self.wires.insert(ctx.outputs[0], next);
+        let embedding = self.real(ctx.outputs[0], &name)?;
         Ok((next, embedding))
     }
 
@@ -895,14 +1011,23 @@ impl<'a> Builder<'a> {
         )?[0])
     }
 
-    /// QUANTIZE / DEQUANTIZE: a change of grid. The f32 graph already holds real values.
+    /// QUANTIZE from one 8-bit grid to another (TF2 files turn the uint8 input into int8).
     fn requantize(&mut self, ctx: &OpCtx) -> Result<OutletId, TfliteError> {
-        let x = self.to_f32(ctx.inputs[0], &format!("op{}", ctx.index))?;
-        let out = self.tensor(ctx.outputs[0])?;
-        if self.precision == Precision::F32 || out.type_() == TensorType::FLOAT32 {
-            return Ok(x);
+        let (x_i, y_i) = (ctx.inputs[0], ctx.outputs[0]);
+        if self.tensor(y_i)?.type_() == TensorType::FLOAT32 {
+            return Err(ctx.unsupported("dequantizing to float inside the graph"));
         }
-        self.requantize_output(ctx, x, ctx.name.as_str())
+        match self.precision {
+            Precision::F32 => {
+                let x = self.wire(ctx, x_i)?;
+                let m = self.scale(x_i)? / self.scale(y_i)?;
+                self.requantize_f32(ctx, x, tensor0(m), ActivationFunctionType::NONE)
+            }
+            Precision::Int8 => {
+                let x = self.real(x_i, &format!("op{}", ctx.index))?;
+                self.requantize_output(ctx, x, ctx.name.as_str())
+            }
+        }
     }
 }
 

@@ -8,15 +8,20 @@ use common::*;
 use edge_mnv2::backbone::{cosine, Backbone};
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::preprocess;
+use edge_mnv2::tflite::Precision;
 
 fn backbone(name: &str, with_scores: bool) -> Backbone {
+    backbone_in(name, with_scores, Precision::F32)
+}
+
+fn backbone_in(name: &str, with_scores: bool, precision: Precision) -> Backbone {
     let path = {
         let m = Manifest::builtin();
         models_dir().join(&m.get(name).unwrap().file)
     };
     let resolved = models::resolve(&Manifest::builtin(), Some(path.to_str().unwrap())).unwrap();
     assert_eq!(resolved.spec.name, name);
-    Backbone::load(&resolved, with_scores).unwrap()
+    Backbone::load_with_precision(&resolved, with_scores, precision).unwrap()
 }
 
 fn frame(name: &str) -> image::RgbImage {
@@ -81,7 +86,11 @@ const EXPECTED_1001: [(&str, &[usize]); 6] = [
 ];
 
 fn assert_top1(name: &str, offset: usize) {
-    let b = backbone(name, true);
+    assert_top1_in(name, offset, Precision::F32)
+}
+
+fn assert_top1_in(name: &str, offset: usize, precision: Precision) {
+    let b = backbone_in(name, true, precision);
     for (img, expected) in EXPECTED_1001 {
         // Decoded from the BMP through the full preprocessing path, not the raw frame.
         let rgb = preprocess::load_rgb(&models_dir().join(format!("images/{img}.bmp"))).unwrap();
@@ -103,4 +112,35 @@ fn dequant_classifier_top1() {
 fn zoo_int8_classifier_top1() {
     // 1000 classes, no background: indices are one lower.
     assert_top1("mobilenetv2-12-int8", 1);
+}
+
+// The official .tflite read by src/tflite.rs, against LiteRT's features of the same file.
+// f32 carries the integer arithmetic in f32 kernels; the f32 requantization multiplier (24-bit
+// mantissa against TFLite's 31-bit fixed point) flips a few roundings per layer. Measured:
+// 0.99878..0.99951; the bar is 0.998.
+#[test]
+fn tflite_f32_matches_litert() {
+    let b = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::F32);
+    assert!(min_cosine(&b, LITERT) >= 0.998);
+}
+
+// int8: tract's integer convolutions with the file's scales; measured 1.000000 on all six.
+#[test]
+fn tflite_int8_matches_litert() {
+    let b = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::Int8);
+    assert!(min_cosine(&b, LITERT) >= 0.9999);
+}
+
+#[test]
+fn tflite_classifier_top1_in_both_precisions() {
+    for p in Precision::ALL {
+        assert_top1_in("mobilenet_v2_1.0_224_quant", 0, p);
+    }
+}
+
+#[test]
+fn tf2_int8_tflite_classifier_top1_in_both_precisions() {
+    for p in Precision::ALL {
+        assert_top1_in("tf2_mobilenet_v2_1.0_224_ptq", 0, p);
+    }
 }
