@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use image::RgbImage;
 use thiserror::Error;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use crate::models::{InputDtype, Layout, ModelSpec, ResolvedModel, ScoresKind};
@@ -54,6 +55,8 @@ pub struct Backbone {
     f32_fallbacks: Vec<String>,
     labels: Option<Vec<String>>,
     with_scores: bool,
+    /// Threads one frame's matrix products are split over (`None`: the calling thread only).
+    executor: Option<(usize, Executor)>,
 }
 
 impl std::fmt::Debug for Backbone {
@@ -120,6 +123,7 @@ impl Backbone {
             f32_fallbacks: built.f32_fallbacks,
             labels,
             with_scores,
+            executor: None,
         })
     }
 
@@ -133,6 +137,17 @@ impl Backbone {
 
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// Splits each frame's work over `n` threads (1: the calling thread only). Worth it for
+    /// single-stream latency (camera, classify); batch embedding parallelises over images instead.
+    pub fn set_threads(&mut self, n: usize) {
+        self.executor =
+            (n > 1).then(|| (n, Executor::multithread_with_name(n, "edge-mnv2-backbone")));
+    }
+
+    pub fn threads(&self) -> usize {
+        self.executor.as_ref().map_or(1, |(n, _)| *n)
     }
 
     /// `Some` for TFLite files, which can run in either precision.
@@ -177,10 +192,13 @@ impl Backbone {
             // Safety: both types are u8 underneath; only the quantization tag differs.
             unsafe { input.set_datum_type(self.input_type) };
         }
-        let outputs = self
-            .plan
-            .run(tvec!(input.into()))
-            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        let outputs = match &self.executor {
+            None => self.plan.run(tvec!(input.into())),
+            Some((_, pool)) => {
+                multithread_tract_scope(pool.clone(), || self.plan.run(tvec!(input.into())))
+            }
+        }
+        .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
         let embedding = f32_values(&outputs[0])?;
         let scores = if self.with_scores {
             let raw = f32_values(&outputs[1])?;

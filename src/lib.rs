@@ -15,6 +15,7 @@
 
 pub mod augment;
 pub mod backbone;
+pub mod calibration;
 pub mod classifier;
 pub mod dataset;
 pub mod features;

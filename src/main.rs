@@ -17,7 +17,7 @@ use edge_mnv2::finetune::{self, FinetuneOptions};
 use edge_mnv2::head::{Head, TrainConfig};
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::tflite::Precision;
-use edge_mnv2::{features, fsutil, preprocess};
+use edge_mnv2::{calibration, features, fsutil, preprocess};
 
 mod progress;
 
@@ -185,6 +185,33 @@ enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
     },
+    /// Measure each precision × thread count on this board and pick the fastest that agrees with f32
+    ///
+    /// Writes calibration/<board>.json (atomically); classify, embed, finetune, predict and serve
+    /// then use its choice unless --precision is given. $EDGE_MNV2_CALIBRATION names another file.
+    Calibrate {
+        /// A model name or path (default: the default model); must be a TFLite file
+        #[arg(long, short = 'm', value_name = "PATH|NAME")]
+        model: Option<String>,
+        /// Images to measure on: a folder of images, or a folder with an images.txt list
+        #[arg(long, value_name = "DIR", default_value = "calibration")]
+        images: PathBuf,
+        /// Thread counts to try, comma-separated (default: 1, 2, 4, ... up to the core count)
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Timed frames per precision and thread count
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Least share of images whose ImageNet top-1 must equal f32's
+        #[arg(long, default_value_t = 0.99)]
+        min_agreement: f64,
+        /// Output file (default: $EDGE_MNV2_CALIBRATION or calibration/<board>.json)
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Print the calibration as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// List the known models, where each was found, and whether its checksum matches
     Models {
         /// JSON instead of a table
@@ -249,6 +276,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             images,
         } => embed(&model, json, out.as_deref(), &images),
         Command::Models { json } => list_models(json),
+        Command::Calibrate {
+            model,
+            images,
+            threads,
+            runs,
+            min_agreement,
+            out,
+            json,
+        } => calibrate_cmd(
+            model.as_deref(),
+            &images,
+            threads,
+            runs,
+            min_agreement,
+            out,
+            json,
+        ),
         Command::Finetune {
             data,
             out,
@@ -423,14 +467,117 @@ fn predict_cmd(head: &Path, model: &ModelArg, json: bool, images: &[PathBuf]) ->
     }))
 }
 
+/// Loads the backbone in the precision `--precision` names, else the one this board's
+/// calibration chose for this very file (with its thread count), else f32 on one thread.
 fn load_backbone(model: &ModelArg, with_scores: bool) -> Result<Backbone> {
     let resolved = models::resolve(&Manifest::builtin(), model.model.as_deref())?;
-    let precision = model.precision.unwrap_or(Precision::F32);
-    Ok(Backbone::load_with_precision(
-        &resolved,
-        with_scores,
-        precision,
-    )?)
+    let calibrated = if resolved.spec.format == "tflite" {
+        calibrated_choice(&resolved)?
+    } else {
+        None
+    };
+    let precision = model
+        .precision
+        .or(calibrated.as_ref().map(|c| c.precision))
+        .unwrap_or(Precision::F32);
+    let mut backbone = Backbone::load_with_precision(&resolved, with_scores, precision)?;
+    if let Some(c) = calibrated.filter(|c| c.precision == precision) {
+        backbone.set_threads(c.threads);
+    }
+    Ok(backbone)
+}
+
+/// The calibration file's choice for this model file, if there is a file made with it.
+fn calibrated_choice(model: &models::ResolvedModel) -> Result<Option<calibration::Choice>> {
+    let path = calibration::default_path();
+    let explicit = std::env::var_os(calibration::CALIBRATION_ENV).is_some_and(|v| !v.is_empty());
+    if !explicit && !path.is_file() {
+        return Ok(None);
+    }
+    let cal = calibration::Calibration::load(&path)?;
+    match cal.choice_for(model) {
+        Some(choice) => {
+            log::info!(
+                "{}: {} on {} thread(s)",
+                path.display(),
+                choice.precision,
+                choice.threads
+            );
+            Ok(Some(choice.clone()))
+        }
+        None => {
+            log::warn!(
+                "{}: made with another model file ({}); not used for {}",
+                path.display(),
+                cal.model,
+                model.spec.name
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn calibrate_cmd(
+    model: Option<&str>,
+    images: &Path,
+    threads: Vec<usize>,
+    runs: usize,
+    min_agreement: f64,
+    out: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&min_agreement),
+        "--min-agreement must be between 0 and 1, got {min_agreement}"
+    );
+    let resolved = models::resolve(&Manifest::builtin(), model)?;
+    calibration::check_calibratable(&resolved)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if threads.is_empty() {
+        std::iter::successors(Some(1usize), |t| Some(t * 2))
+            .take_while(|&t| t <= cores)
+            .collect()
+    } else {
+        threads
+    };
+    let opts = calibration::CalibrateOptions {
+        images: calibration::images_in(images)?,
+        threads,
+        runs,
+        min_top1_agreement: min_agreement,
+    };
+    eprintln!(
+        "calibrating {} on {} image(s), {} timed frames per setting ({})",
+        resolved.spec.name,
+        opts.images.len(),
+        runs,
+        calibration::board_id()
+    );
+    let cal = calibration::calibrate(&resolved, &opts, |m| {
+        eprintln!(
+            "  {} x{}: median {:.2} ms, top-1 agreement {:.1}%",
+            m.precision,
+            m.threads,
+            m.median_ms,
+            m.top1_agreement * 100.0
+        )
+    })?;
+    let path = out.unwrap_or_else(calibration::default_path);
+    cal.save(&path)?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&cal)?)?;
+    } else {
+        write!(stdout, "{}", cal.to_table())?;
+        writeln!(
+            stdout,
+            "chosen: {} on {} thread(s); written to {}",
+            cal.choice.precision,
+            cal.choice.threads,
+            path.display()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `f` on every image, reporting failures one line each on stderr and going on;
@@ -463,7 +610,13 @@ fn classify(model: &ModelArg, top: usize, json: bool, images: &[PathBuf]) -> Res
                 .iter()
                 .map(|(i, l, p)| json!({"index": i, "label": l, "score": p}))
                 .collect();
-            let line = json!({"file": path, "model": backbone.name(), "top": top});
+            let line = json!({
+                "file": path,
+                "model": backbone.name(),
+                "precision": backbone.precision(),
+                "threads": backbone.threads(),
+                "top": top
+            });
             writeln!(out, "{line}")?;
         } else {
             writeln!(out, "{}", path.display())?;

@@ -1038,3 +1038,53 @@ fn values<T: Datum + Copy>(t: &Tensor) -> TractResult<Vec<T>> {
         .as_slice::<T>()?
         .to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_not_a_flatbuffer() {
+        let err = build(b"definitely not a tflite file", Precision::F32)
+            .err()
+            .expect("garbage must not load");
+        assert!(matches!(err, TfliteError::Format(_)), "{err}");
+    }
+
+    /// A real TFLite file (written by tract-tflite) whose only operator we do not read.
+    #[test]
+    fn an_unsupported_operator_is_named() {
+        let mut model = TypedModel::default();
+        let qu8 = DatumType::QU8(QParams::ZpScale {
+            zero_point: 128,
+            scale: 1.0 / 128.0,
+        });
+        let x = model.add_source("input", qu8.fact([1, 8, 8, 3])).unwrap();
+        let pool = tract_core::ops::cnn::MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NHWC,
+                kernel_shape: tvec!(2, 2),
+                padding: PaddingSpec::Valid,
+                strides: Some(tvec!(2, 2)),
+                dilations: None,
+                input_channels: 3,
+                output_channels: 3,
+            },
+            with_index_outputs: None,
+        };
+        let y = model.wire_node("pool", pool, &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let mut bytes = Vec::new();
+        tract_tflite::tflite().write(&model, &mut bytes).unwrap();
+        for precision in Precision::ALL {
+            let err = build(&bytes, precision)
+                .err()
+                .expect("MAX_POOL_2D is not read");
+            assert!(
+                matches!(&err, TfliteError::UnsupportedOp { op, .. } if op == "MAX_POOL_2D"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("MAX_POOL_2D"), "{err}");
+        }
+    }
+}

@@ -178,10 +178,9 @@ fn unknown_model_file() {
 #[test]
 fn corrupt_model_with_a_known_name_fails_its_checksum() {
     let d = tmp();
-    std::fs::create_dir(d.path().join("derived")).unwrap();
-    let p = d.path().join("derived/mnv2_1.0_224_dequant.f32out.onnx");
-    let mut bytes =
-        std::fs::read(models_dir().join("derived/mnv2_1.0_224_dequant.f32out.onnx")).unwrap();
+    // The default model, found by name.
+    let p = d.path().join("mobilenet_v2_1.0_224_quant.tflite");
+    let mut bytes = std::fs::read(models_dir().join("mobilenet_v2_1.0_224_quant.tflite")).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&p, &bytes).unwrap();

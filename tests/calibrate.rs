@@ -1,0 +1,161 @@
+//! `edge-mnv2 calibrate` on the real TFLite model and six real frames: the table, the JSON file,
+//! and `classify` reading the choice back (and `--precision` overriding it).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn classify_json(cal: &Path, extra: &[&str]) -> Value {
+    let img = models_dir().join("images/bird.bmp");
+    let mut args = vec!["classify", "--json", "-k", "1"];
+    args.extend_from_slice(extra);
+    args.push(img.to_str().unwrap());
+    let out = edge_command()
+        .args(&args)
+        .env("EDGE_MNV2_MODELS", models_dir())
+        .env("EDGE_MNV2_CALIBRATION", cal)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(v["top"][0]["index"], 20, "bird is a chickadee: {v}");
+    v
+}
+
+#[test]
+fn calibrate_writes_a_table_and_a_file_that_classify_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let list: String = GOLDEN_IMAGES
+        .iter()
+        .map(|n| {
+            format!(
+                "{}\n",
+                models_dir().join(format!("images/{n}.bmp")).display()
+            )
+        })
+        .collect();
+    std::fs::write(
+        images.join("images.txt"),
+        format!("# golden frames\n{list}"),
+    )
+    .unwrap();
+    let cal = dir.path().join("board.json");
+
+    let out = edge(&[
+        "calibrate",
+        "--images",
+        images.to_str().unwrap(),
+        "--threads",
+        "1,2",
+        "--runs",
+        "2",
+        "--out",
+        cal.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    eprintln!("{table}");
+    assert!(
+        table.contains("top-1 agree") && table.contains("<- chosen"),
+        "{table}"
+    );
+    // f32 and int8, each on 1 and 2 threads.
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("f32") || l.starts_with("int8"))
+            .count(),
+        4
+    );
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert_eq!(v["format"], "edge-mnv2-calibration");
+    assert_eq!(v["images"], 6);
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 4);
+    for m in ms {
+        assert!(m["median_ms"].as_f64().unwrap() > 0.0);
+        // int8 is LiteRT's arithmetic, f32 tracks it: all six top-1 agree.
+        assert_eq!(m["top1_agreement"].as_f64().unwrap(), 1.0, "{m}");
+        assert!(m["cosine_min"].as_f64().unwrap() > 0.99, "{m}");
+    }
+    let chosen = v["choice"]["precision"].as_str().unwrap().to_string();
+    let fastest = ms
+        .iter()
+        .min_by(|a, b| {
+            a["median_ms"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["median_ms"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(v["choice"]["precision"], fastest["precision"]);
+    assert_eq!(v["choice"]["threads"], fastest["threads"]);
+
+    // classify follows the file...
+    let c = classify_json(&cal, &[]);
+    assert_eq!(c["precision"], chosen.as_str());
+    assert_eq!(c["threads"], v["choice"]["threads"]);
+
+    // ...whatever it says: hand it int8 on 2 threads...
+    let mut edited = v.clone();
+    edited["choice"] = serde_json::json!({"precision": "int8", "threads": 2});
+    std::fs::write(&cal, serde_json::to_string(&edited).unwrap()).unwrap();
+    let c = classify_json(&cal, &[]);
+    assert_eq!(c["precision"], "int8");
+    assert_eq!(c["threads"], 2);
+
+    // ...unless --precision says otherwise.
+    let c = classify_json(&cal, &["--precision", "f32"]);
+    assert_eq!(c["precision"], "f32");
+
+    // A calibration made with another file is not applied to this one.
+    edited["model_sha256"] = serde_json::json!("0".repeat(64));
+    std::fs::write(&cal, serde_json::to_string(&edited).unwrap()).unwrap();
+    let c = classify_json(&cal, &[]);
+    assert_eq!(c["precision"], "f32");
+}
+
+#[test]
+fn a_broken_calibration_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cal = dir.path().join("board.json");
+    std::fs::write(&cal, "{ not json").unwrap();
+    let img = models_dir().join("images/bird.bmp");
+    let out = edge_command()
+        .args(["classify", img.to_str().unwrap()])
+        .env("EDGE_MNV2_MODELS", models_dir())
+        .env("EDGE_MNV2_CALIBRATION", &cal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("board.json") && err.contains("not a calibration file"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn calibrate_refuses_an_onnx_model() {
+    let out = edge(&[
+        "calibrate",
+        "-m",
+        "mnv2-1.0-224-dequant",
+        "--images",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("mnv2-1.0-224-dequant") && err.contains("onnx"),
+        "{err}"
+    );
+}
