@@ -72,6 +72,9 @@ pub struct Timings {
 pub struct ModelInfo {
     pub name: String,
     pub sha256: String,
+    /// The arithmetic the embeddings were made with (TFLite files only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::tflite::Precision>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -317,6 +320,7 @@ pub fn finetune(
         model: ModelInfo {
             name: backbone.name().into(),
             sha256: backbone.sha256().into(),
+            precision: backbone.precision(),
         },
         counts: Counts {
             train: class_counts(&classes, &samples(&train)),
