@@ -4,7 +4,8 @@
 //! Frames meet in a single-slot mailbox ([`FrameSlot`]): the capture thread overwrites whatever
 //! the inference thread has not taken yet (counting a drop), so under load the newest frame is
 //! always the next one classified and memory never grows with a backlog. A file source without an
-//! `fps` waits for the slot to empty instead (an offline replay: every frame, no drops).
+//! `fps` instead reads a frame only when inference asks for one (an offline replay: every frame,
+//! no drops).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -48,40 +49,51 @@ pub struct Captured {
 /// The one-frame mailbox between capture and inference.
 #[derive(Default)]
 pub struct FrameSlot {
-    frame: Mutex<Option<Captured>>,
+    state: Mutex<SlotState>,
     changed: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    frame: Option<Captured>,
+    /// The consumer is blocked in `take` (lets a replay read the next file only when it is wanted,
+    /// so its latency is not inflated by a frame sitting in the slot).
+    consumer_waiting: bool,
 }
 
 impl FrameSlot {
     /// Stores `frame`, replacing an untaken one; returns whether one was replaced (a drop).
     pub fn put(&self, frame: Captured) -> bool {
-        let replaced = lock(&self.frame).replace(frame).is_some();
+        let replaced = lock(&self.state).frame.replace(frame).is_some();
         self.changed.notify_all();
         replaced
     }
 
     /// Takes the frame, waiting up to `timeout` for one.
     pub fn take(&self, timeout: Duration) -> Option<Captured> {
-        let guard = lock(&self.frame);
-        let (mut guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |f| f.is_none())
-            .unwrap_or_else(|p| p.into_inner());
-        let taken = guard.take();
-        if taken.is_some() {
+        let mut guard = lock(&self.state);
+        if guard.frame.is_none() {
+            guard.consumer_waiting = true;
             self.changed.notify_all();
+            guard = self
+                .changed
+                .wait_timeout_while(guard, timeout, |s| s.frame.is_none())
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            guard.consumer_waiting = false;
         }
-        taken
+        guard.frame.take()
     }
 
-    /// Waits up to `timeout` for the slot to be empty; returns whether it is.
-    pub fn wait_empty(&self, timeout: Duration) -> bool {
-        let guard = lock(&self.frame);
+    /// Waits up to `timeout` until the slot is empty and the consumer is waiting for a frame;
+    /// returns whether it is.
+    pub fn wait_wanted(&self, timeout: Duration) -> bool {
+        let guard = lock(&self.state);
         let (guard, _) = self
             .changed
-            .wait_timeout_while(guard, timeout, |f| f.is_some())
+            .wait_timeout_while(guard, timeout, |s| s.frame.is_some() || !s.consumer_waiting)
             .unwrap_or_else(|p| p.into_inner());
-        guard.is_none()
+        guard.frame.is_none() && guard.consumer_waiting
     }
 }
 
@@ -457,7 +469,7 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
         });
         let mut delivered = false;
         while !svc.stopping() {
-            if replay && !svc.slot.wait_empty(POLL) {
+            if replay && !svc.slot.wait_wanted(POLL) {
                 continue;
             }
             if !sleep_unless_stopped(svc, pacer.wait_time()) {
@@ -725,7 +737,8 @@ mod tests {
         assert!(slot.put(frame(3)));
         assert_eq!(slot.take(Duration::ZERO).unwrap().seq, 3);
         assert!(slot.take(Duration::from_millis(10)).is_none());
-        assert!(slot.wait_empty(Duration::ZERO));
+        // Nobody is waiting in `take` now: a replay would not read ahead.
+        assert!(!slot.wait_wanted(Duration::from_millis(10)));
     }
 
     #[test]
@@ -733,7 +746,10 @@ mod tests {
         let slot = Arc::new(FrameSlot::default());
         let s = slot.clone();
         let t = std::thread::spawn(move || s.take(Duration::from_secs(5)).map(|c| c.seq));
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            slot.wait_wanted(Duration::from_secs(5)),
+            "consumer is waiting"
+        );
         slot.put(frame(7));
         assert_eq!(t.join().unwrap(), Some(7));
     }
