@@ -1,5 +1,7 @@
 //! `serve` and `capture` end to end: a head trained once on hymenoptera/train, then the service
 //! run on the held-out val images through its JSON lines, its HTTP API and its signals.
+//! The HTTP tests need the `http` feature; the rest also run with `--no-default-features`.
+#![cfg_attr(not(feature = "http"), allow(dead_code))]
 
 mod common;
 
@@ -207,6 +209,7 @@ fn rewrite_head(path: &Path, change: impl FnOnce(&mut Head)) {
     head.save(&path.join("head.json")).unwrap();
 }
 
+#[cfg(feature = "http")]
 #[test]
 fn serve_labels_val_images_answers_http_reloads_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
@@ -351,6 +354,7 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
     assert!(log.contains("stopped:"), "{log}");
 }
 
+#[cfg(feature = "http")]
 #[test]
 fn missing_camera_is_degraded_and_the_service_keeps_running() {
     let mut served = Served::start(&[
