@@ -12,17 +12,28 @@
 //! - [`classifier`]: backbone + head checked to belong together.
 //! - [`finetune`]: the `finetune` / `evaluate` jobs and their reports.
 //! - [`fsutil`]: atomic file writes.
+//! - [`source`]: frame sources (folder, image, MJPEG stream file; V4L2 camera in `camera`) and
+//!   the decode every frame goes through.
+//! - [`serve`]: the classification service (capture → inference → JSON lines, HTTP in `http`).
+//! - [`capture`]: saving frames as a labelled folder.
 
 pub mod augment;
 pub mod backbone;
 pub mod calibration;
+#[cfg(feature = "camera")]
+pub mod camera;
+pub mod capture;
 pub mod classifier;
 pub mod dataset;
 pub mod features;
 pub mod finetune;
 pub mod fsutil;
 pub mod head;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;
 pub mod tflite;
+pub mod serve;
+pub mod source;

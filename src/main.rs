@@ -16,8 +16,10 @@ use edge_mnv2::dataset::SplitFractions;
 use edge_mnv2::finetune::{self, FinetuneOptions};
 use edge_mnv2::head::{Head, TrainConfig};
 use edge_mnv2::models::{self, Manifest};
+use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
+use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::tflite::Precision;
-use edge_mnv2::{calibration, features, fsutil, preprocess};
+use edge_mnv2::{calibration, capture, features, fsutil, preprocess};
 
 mod progress;
 
@@ -212,12 +214,80 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Classify frames from a camera or files continuously: JSON lines on stdout, HTTP API
+    ///
+    /// Every key can also come from --config (TOML, same names; flags win). SIGHUP or
+    /// POST /reload reloads the head; SIGTERM/SIGINT stop.
+    Serve(ServeArgs),
+    /// Save frames from a camera or files as JPEGs into DATA/<class>/ for finetune
+    Capture(CaptureArgs),
     /// List the known models, where each was found, and whether its checksum matches
     Models {
         /// JSON instead of a table
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// Frame source: a V4L2 device (/dev/videoN), a folder of images (sorted, looped), one image
+    /// (repeated), or an MJPEG stream file (.mjpeg/.mjpg) [default: /dev/video0]
+    #[arg(long, value_name = "DEVICE|DIR|FILE")]
+    source: Option<String>,
+    /// Camera width in pixels [default: 640]
+    #[arg(long)]
+    width: Option<u32>,
+    /// Camera height in pixels [default: 480]
+    #[arg(long)]
+    height: Option<u32>,
+    /// Camera frame rate; for file sources, replay at this rate (dropping frames under load)
+    /// instead of as fast as inference takes them [camera default: 15]
+    #[arg(long)]
+    fps: Option<f64>,
+    /// TOML file with any of these options' long names as keys
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// head.json, or the directory finetune wrote it to
+    #[arg(long, value_name = "DIR|FILE")]
+    head: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// HTTP address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// No HTTP server: JSON lines on stdout only
+    #[arg(long)]
+    no_http: bool,
+    /// Below this confidence the label is `unknown` [default: 0]
+    #[arg(long, value_name = "X")]
+    threshold: Option<f32>,
+    /// Stop after this many classified frames (bounded runs, tests)
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+}
+
+#[derive(Args)]
+struct CaptureArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Class name: the frames go to DATA/<class>/
+    #[arg(long)]
+    class: String,
+    /// How many frames to save
+    #[arg(long, default_value_t = 20)]
+    count: usize,
+    /// Seconds between saved frames from a camera (so samples differ)
+    #[arg(long, default_value_t = 0.5)]
+    interval: f64,
+    /// The labelled image folder (as given to finetune)
+    data: PathBuf,
 }
 
 /// glibc grows its mmap threshold as large blocks are freed, after which every worker's
@@ -233,9 +303,6 @@ fn limit_heap_growth() {
 
 fn main() -> ExitCode {
     limit_heap_growth();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_target(false)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -244,6 +311,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    init_logging(&cli.command);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -251,6 +319,31 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Long-running commands log what they do (info); the others only warnings. Under systemd
+/// (JOURNAL_STREAM set) lines carry a `<N>` syslog priority prefix, which journald turns into the
+/// entry's priority, and no timestamp or colour (journald adds its own).
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Serve(_) | Command::Capture(_) => "info",
+        _ => "warn",
+    };
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    builder.format_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|f, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(f, "<{priority}>{}", record.args())
+        });
+    }
+    builder.init();
 }
 
 /// anyhow's `{:#}` joins the causes with ": "; tract errors may still carry newlines.
@@ -351,7 +444,126 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             images,
         } => predict_cmd(&head, &model, json, &images),
+        Command::Serve(args) => serve_cmd(args),
+        Command::Capture(args) => capture_cmd(args),
     }
+}
+
+/// The config file (if any) with the flags laid over it.
+fn serve_config(source: &SourceArgs, flags: ServeConfig) -> Result<ServeConfig> {
+    let flags = ServeConfig {
+        source: source.source.clone(),
+        fps: source.fps,
+        width: source.width,
+        height: source.height,
+        ..flags
+    };
+    Ok(match &source.config {
+        Some(path) => ServeConfig::load(path)?.overridden_by(flags),
+        None => flags,
+    })
+}
+
+fn camera_settings(cfg: &ServeConfig) -> Result<CameraSettings> {
+    let default = CameraSettings::default();
+    let fps = cfg.fps.unwrap_or(default.fps as f64);
+    if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
+        anyhow::bail!("--fps {fps}: must be a number of frames per second in (0, 1000]");
+    }
+    let settings = CameraSettings {
+        width: cfg.width.unwrap_or(default.width),
+        height: cfg.height.unwrap_or(default.height),
+        fps: fps.round().max(1.0) as u32,
+    };
+    for (name, v) in [("--width", settings.width), ("--height", settings.height)] {
+        if !(16..=8192).contains(&v) {
+            anyhow::bail!("{name} {v}: must be between 16 and 8192 pixels");
+        }
+    }
+    Ok(settings)
+}
+
+fn serve_cmd(args: ServeArgs) -> Result<ExitCode> {
+    let flags = ServeConfig {
+        head: args.head,
+        model: args.model.model,
+        precision: args.model.precision,
+        listen: args.listen,
+        threshold: args.threshold,
+        frames: args.frames,
+        no_http: args.no_http.then_some(true),
+        ..ServeConfig::default()
+    };
+    let cfg = serve_config(&args.source, flags)?;
+    let camera = camera_settings(&cfg)?;
+    let threshold = cfg.threshold.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&threshold) {
+        anyhow::bail!("--threshold {threshold}: must be between 0 and 1");
+    }
+    let head = cfg
+        .head
+        .clone()
+        .context("no head: give --head DIR (or `head` in the config file)")?;
+    let opts = ServeOptions {
+        source: SourceSpec::parse(cfg.source.as_deref().unwrap_or("/dev/video0")),
+        camera,
+        fps: cfg.fps,
+        threshold,
+        max_frames: cfg.frames,
+        listen: if cfg.no_http == Some(true) {
+            None
+        } else {
+            Some(
+                cfg.listen
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            )
+        },
+        head,
+    };
+    // The backbone the head was trained on, as `predict` loads it; reloads replace only the head.
+    let head_backbone = Head::load(&opts.head)?.backbone.name;
+    let backbone = load_backbone(
+        &ModelArg {
+            model: Some(cfg.model.clone().unwrap_or(head_backbone)),
+            precision: cfg.precision,
+        },
+        false,
+    )?;
+    serve::run(backbone, &opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn capture_cmd(args: CaptureArgs) -> Result<ExitCode> {
+    let cfg = serve_config(&args.source, ServeConfig::default())?;
+    let camera = camera_settings(&cfg)?;
+    if !(args.interval.is_finite() && args.interval >= 0.0) {
+        anyhow::bail!(
+            "--interval {}: must be a number of seconds >= 0",
+            args.interval
+        );
+    }
+    let spec = SourceSpec::parse(cfg.source.as_deref().unwrap_or("/dev/video0"));
+    let cancel = progress::cancel_on_ctrl_c();
+    let saved = capture::capture(
+        &spec,
+        camera,
+        &args.class,
+        args.count,
+        &args.data,
+        std::time::Duration::from_secs_f64(args.interval),
+        cancel,
+    )?;
+    println!(
+        "saved {} frames to {}",
+        saved.len(),
+        args.data.join(&args.class).display()
+    );
+    Ok(if saved.len() == args.count {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn finetune_cmd(model: &ModelArg, opts: &FinetuneOptions, json: bool) -> Result<ExitCode> {

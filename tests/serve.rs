@@ -1,0 +1,528 @@
+//! `serve` and `capture` end to end: a head trained once on hymenoptera/train, then the service
+//! run on the held-out val images through its JSON lines, its HTTP API and its signals.
+//! The HTTP tests need the `http` feature; the rest also run with `--no-default-features`.
+#![cfg_attr(not(feature = "http"), allow(dead_code))]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use edge_mnv2::head::Head;
+use serde_json::Value;
+
+fn hymenoptera() -> PathBuf {
+    shared().join("datasets/hymenoptera")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A head trained once per test binary on hymenoptera/train (val stays unseen), kept in a
+/// temporary directory for the life of the binary.
+fn trained_head() -> &'static Path {
+    static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &HEAD
+        .get_or_init(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("head");
+            let o = edge_command()
+                .args(["finetune", s(&hymenoptera().join("train")), "--out"])
+                .arg(&out)
+                .args(["--augment", "0", "--epochs", "60"])
+                .env("EDGE_MNV2_MODELS", models_dir())
+                .env("EDGE_MNV2_CACHE", tmp.path().join("cache"))
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
+            (tmp, out.join("head.json"))
+        })
+        .1
+}
+
+/// A copy of the trained head in `dir` (so a test can replace it under the running service).
+fn head_copy(dir: &Path) -> PathBuf {
+    let d = dir.join("head");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(trained_head(), d.join("head.json")).unwrap();
+    d
+}
+
+/// A running `serve` with its stdout lines and stderr text collected by reader threads.
+struct Served {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let mut child = edge_command()
+            .arg("serve")
+            .args(args)
+            .env("EDGE_MNV2_MODELS", models_dir())
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting serve");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let line = line.unwrap();
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                l.lock().unwrap().push(v);
+            }
+        });
+        let g = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let line = line.unwrap();
+                let mut g = g.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Served { child, lines, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Served) -> Option<T>,
+    ) -> T {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "serve exited ({status}) waiting for {what}; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The address from the "listening on http://ADDR" log line.
+    fn addr(&mut self) -> String {
+        self.wait_for("the listen address", Duration::from_secs(120), |s| {
+            s.log()
+                .lines()
+                .find_map(|l| l.split("listening on http://").nth(1))
+                .map(|a| a.trim().to_string())
+        })
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Sends SIGTERM and returns how long the process took to exit, and its exit code.
+    fn terminate(mut self) -> (Duration, Option<i32>, String) {
+        let t = Instant::now();
+        self.signal(libc::SIGTERM);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // let the log reader finish
+                return (t.elapsed(), status.code(), self.log());
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!(
+                    "serve did not stop within 10 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (status, body) of one HTTP/1.1 request.
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(body).unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The class folder a val image came from.
+fn folder_label(source: &str) -> String {
+    Path::new(source)
+        .parent()
+        .and_then(|p| p.file_name())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn rewrite_head(path: &Path, change: impl FnOnce(&mut Head)) {
+    let mut head = Head::load(trained_head()).unwrap();
+    change(&mut head);
+    head.save(&path.join("head.json")).unwrap();
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn serve_labels_val_images_answers_http_reloads_and_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let head = head_copy(tmp.path());
+    let val = hymenoptera().join("val");
+    let n_val = 153;
+    let mut served = Served::start(&[
+        "--head",
+        s(&head),
+        "--source",
+        s(&val),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = served.addr();
+
+    // Without --fps a folder is replayed frame by frame: the first 153 lines are each val image once.
+    served.wait_for("a pass over val", Duration::from_secs(900), |s| {
+        (s.lines.lock().unwrap().len() >= n_val).then_some(())
+    });
+    let lines: Vec<Value> = served.lines.lock().unwrap()[..n_val].to_vec();
+    let mut correct = 0;
+    let mut seen = std::collections::HashSet::new();
+    for l in &lines {
+        for key in ["ts", "frame", "label", "confidence", "probs", "latency_ms"] {
+            assert!(!l[key].is_null(), "{key} missing in {l}");
+        }
+        let source = l["source"].as_str().unwrap();
+        seen.insert(source.to_string());
+        if l["label"] == folder_label(source) {
+            correct += 1;
+        }
+        let p = l["probs"]["ants"].as_f64().unwrap() + l["probs"]["bees"].as_f64().unwrap();
+        assert!((p - 1.0).abs() < 1e-3, "{l}");
+    }
+    assert_eq!(seen.len(), n_val, "each val image once");
+    let accuracy = correct as f64 / n_val as f64;
+    eprintln!("serve accuracy on hymenoptera val: {accuracy:.3}");
+    assert!(accuracy >= 0.85, "accuracy {accuracy}");
+
+    let (code, body) = http(&addr, "GET", "/healthz", b"");
+    assert_eq!(code, 200, "{body}");
+    let health = json_of(&body);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(
+        health["head"]["classes"],
+        serde_json::json!(["ants", "bees"])
+    );
+    let first_sha = health["head"]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(first_sha.len(), 64);
+
+    let (code, body) = http(&addr, "GET", "/latest", b"");
+    assert_eq!(code, 200, "{body}");
+    assert!(json_of(&body)["frame"].as_u64().unwrap() >= n_val as u64);
+
+    let (code, metrics) = http(&addr, "GET", "/metrics", b"");
+    assert_eq!(code, 200);
+    let frames: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_mnv2_frames_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(frames >= n_val as u64, "{metrics}");
+    for needle in [
+        "edge_mnv2_frames_dropped_total 0",
+        "edge_mnv2_predictions_total{label=\"ants\"}",
+        "edge_mnv2_predictions_total{label=\"bees\"}",
+        "edge_mnv2_latency_seconds_bucket{le=\"+Inf\"}",
+        "# TYPE edge_mnv2_latency_seconds histogram",
+        "edge_mnv2_source_up 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+
+    let bee = std::fs::read(val.join("bees/10870992_eebeeb3a12.jpg")).unwrap();
+    let (code, body) = http(&addr, "POST", "/classify", &bee);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_of(&body)["label"], "bees");
+    let (code, body) = http(&addr, "POST", "/classify", b"not an image");
+    assert_eq!(code, 400, "{body}");
+    assert!(json_of(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("not an image"));
+    assert_eq!(http(&addr, "GET", "/nothing", b"").0, 404);
+    assert_eq!(http(&addr, "GET", "/classify", b"").0, 405);
+
+    // SIGHUP swaps in a head with other class names; the backbone stays loaded.
+    rewrite_head(&head, |h| {
+        h.classes = vec!["fourmis".into(), "abeilles".into()]
+    });
+    served.signal(libc::SIGHUP);
+    let new_sha = served.wait_for("the reloaded head", Duration::from_secs(30), |_| {
+        let h = json_of(&http(&addr, "GET", "/healthz", b"").1);
+        (h["head"]["classes"] == serde_json::json!(["fourmis", "abeilles"]))
+            .then(|| h["head"]["sha256"].as_str().unwrap().to_string())
+    });
+    assert_ne!(new_sha, first_sha);
+    let (_, body) = http(&addr, "POST", "/classify", &bee);
+    assert_eq!(json_of(&body)["label"], "abeilles");
+    served.wait_for("lines from the new head", Duration::from_secs(120), |s| {
+        s.lines
+            .lock()
+            .unwrap()
+            .last()
+            .filter(|l| l["head"] == new_sha.as_str())
+            .map(|l| assert!(["fourmis", "abeilles"].contains(&l["label"].as_str().unwrap())))
+    });
+
+    // A corrupt head is refused (POST /reload and SIGHUP alike) and the new head stays.
+    let file = head.join("head.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let (code, body) = http(&addr, "POST", "/reload", b"");
+    assert_eq!(code, 409, "{body}");
+    let refusal = json_of(&body);
+    assert!(
+        refusal["error"].as_str().unwrap().contains("head.json"),
+        "{refusal}"
+    );
+    assert_eq!(refusal["head"], new_sha.as_str());
+    served.signal(libc::SIGHUP);
+    served.wait_for("the refusal in the log", Duration::from_secs(30), |s| {
+        (s.log().matches("head reload refused").count() >= 2).then_some(())
+    });
+    // A head for another backbone is refused too.
+    rewrite_head(&head, |h| h.backbone.sha256 = "0".repeat(64));
+    let (code, body) = http(&addr, "POST", "/reload", b"");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("backbone"), "{body}");
+    let h = json_of(&http(&addr, "GET", "/healthz", b"").1);
+    assert_eq!(h["head"]["sha256"], new_sha.as_str());
+    let (_, body) = http(&addr, "POST", "/classify", &bee);
+    assert_eq!(json_of(&body)["label"], "abeilles");
+    let (_, metrics) = http(&addr, "GET", "/metrics", b"");
+    assert!(metrics.contains("edge_mnv2_head_reloads_total{result=\"refused\"} 3"));
+
+    let (took, code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(log.contains("stopped:"), "{log}");
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn missing_camera_is_degraded_and_the_service_keeps_running() {
+    let mut served = Served::start(&[
+        "--head",
+        s(trained_head()),
+        "--source",
+        "/dev/video99",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = served.addr();
+    let (code, body) = served.wait_for("two failed opens", Duration::from_secs(30), |s| {
+        (s.log().matches("cannot open source").count() >= 2)
+            .then(|| http(&addr, "GET", "/healthz", b""))
+    });
+    assert_eq!(code, 503, "{body}");
+    let h = json_of(&body);
+    assert_eq!(h["status"], "degraded");
+    let reason = h["reason"].as_str().unwrap();
+    assert!(reason.starts_with("/dev/video99: "), "{reason}");
+    if cfg!(feature = "camera") {
+        assert!(reason.contains("no such device"), "{reason}");
+    } else {
+        assert!(reason.contains("without the `camera` feature"), "{reason}");
+    }
+    let (_, metrics) = http(&addr, "GET", "/metrics", b"");
+    assert!(metrics.contains("edge_mnv2_source_up 0"), "{metrics}");
+    assert_eq!(http(&addr, "GET", "/latest", b"").0, 404);
+    let (took, code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+}
+
+/// A bounded run without HTTP: an MJPEG stream file of three val images, looped.
+#[test]
+fn mjpeg_stream_file_json_lines_only_bounded_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let val = hymenoptera().join("val");
+    let files = [
+        "ants/10308379_1b6c72e180.jpg",
+        "bees/10870992_eebeeb3a12.jpg",
+        "ants/10308379_1b6c72e180.jpg",
+    ];
+    let mut stream = Vec::new();
+    for f in files {
+        stream.extend(std::fs::read(val.join(f)).unwrap());
+    }
+    let clip = tmp.path().join("clip.mjpeg");
+    std::fs::write(&clip, stream).unwrap();
+    let o = edge_command()
+        .args(["serve", "--head", s(trained_head()), "--source", s(&clip)])
+        .args(["--no-http", "--frames", "6"])
+        .env("EDGE_MNV2_MODELS", models_dir())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let labels: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| json_of(l)["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(labels, ["ants", "bees", "ants", "ants", "bees", "ants"]);
+    assert!(!stderr(&o).contains("listening"), "{}", stderr(&o));
+}
+
+#[test]
+fn threshold_turns_unsure_labels_into_unknown() {
+    let bee = hymenoptera().join("val/bees/10870992_eebeeb3a12.jpg");
+    let o = edge_command()
+        .args(["serve", "--head", s(trained_head()), "--source", s(&bee)])
+        .args(["--no-http", "--frames", "2", "--threshold", "1"])
+        .env("EDGE_MNV2_MODELS", models_dir())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for l in stdout(&o).lines() {
+        let v = json_of(l);
+        assert_eq!(v["label"], "unknown", "{v}");
+        assert!(v["probs"]["bees"].as_f64().unwrap() > 0.5, "{v}");
+    }
+}
+
+#[test]
+fn config_file_supplies_flags_and_bad_keys_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "source = \"/nonexistent/folder\"\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let o = edge(&["serve", "--config", s(&cfg)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no head"), "{}", stderr(&o));
+    std::fs::write(&cfg, "sauce = \"x\"\n").unwrap();
+    let o = edge(&["serve", "--config", s(&cfg), "--head", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("config.toml") && e.contains("sauce"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
+fn capture_saves_numbered_jpegs_without_overwriting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bees = hymenoptera().join("val/bees");
+    let data = tmp.path().join("data");
+    for _ in 0..2 {
+        let o = edge(&[
+            "capture",
+            "--source",
+            s(&bees),
+            "--class",
+            "bees",
+            "--count",
+            "3",
+            s(&data),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(data.join("bees"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "000001.jpg",
+            "000002.jpg",
+            "000003.jpg",
+            "000004.jpg",
+            "000005.jpg",
+            "000006.jpg"
+        ]
+    );
+    // The first sorted bee image, byte for byte.
+    let mut first: Vec<PathBuf> = std::fs::read_dir(&bees)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    first.sort();
+    assert_eq!(
+        std::fs::read(data.join("bees/000001.jpg")).unwrap(),
+        std::fs::read(&first[0]).unwrap()
+    );
+    let o = edge(&[
+        "capture",
+        "--source",
+        s(&bees),
+        "--class",
+        "../x",
+        "--count",
+        "1",
+        s(&data),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = edge(&[
+        "capture",
+        "--source",
+        "/dev/video99",
+        "--class",
+        "x",
+        "--count",
+        "1",
+        s(&data),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/dev/video99"), "{}", stderr(&o));
+}
