@@ -70,6 +70,14 @@ impl Backbone {
             name: spec.name.clone(),
             reason,
         };
+        // tract's own TFLite loader fails on these files (see ../shared/models/MANIFEST.md), so a
+        // non-ONNX entry gets a plain refusal instead of a parser error from the ONNX loader.
+        if spec.format != "onnx" {
+            return Err(load_err(format!(
+                "format '{}' cannot be loaded by this build (only onnx); pick an onnx model from `edge-mnv2 models`",
+                spec.format
+            )));
+        }
         let plan =
             build_plan(&model.path, spec, with_scores).map_err(|e| load_err(format!("{e:#}")))?;
         let labels = match (with_scores, model.labels_path()) {
