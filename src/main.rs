@@ -583,8 +583,9 @@ fn fetch_models(
     let bar = progress::Download::new();
     let mut failed = 0;
     for spec in &specs {
+        let fetched = fetch::fetch(spec, &opts, &bar, cancel);
         let mut out = std::io::stdout().lock();
-        match fetch::fetch(spec, &opts, &bar, cancel) {
+        match fetched {
             Ok(fetch::Fetched::AlreadyPresent { path }) => writeln!(
                 out,
                 "{}: already present at {} (sha256 ok); --force downloads it again",
