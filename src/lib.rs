@@ -2,6 +2,7 @@
 //! embeddings; a small softmax head trained on the device turns embeddings into labels.
 //!
 //! - [`models`]: the model manifest, lookup and checksum verification.
+//! - [`fetch`]: `models fetch`, a verified, atomic model download into the user cache.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor.
 //! - [`backbone`]: image → 1280-d embedding (and ImageNet scores): `Backbone::embed`.
 //! - [`augment`]: random flip / rotation / zoom views for training.
@@ -26,6 +27,7 @@ pub mod capture;
 pub mod classifier;
 pub mod dataset;
 pub mod features;
+pub mod fetch;
 pub mod finetune;
 pub mod fsutil;
 pub mod head;
@@ -34,6 +36,6 @@ pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;
-pub mod tflite;
 pub mod serve;
 pub mod source;
+pub mod tflite;

@@ -19,7 +19,7 @@ use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
 use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::tflite::Precision;
-use edge_mnv2::{calibration, capture, features, fsutil, preprocess};
+use edge_mnv2::{calibration, capture, features, fetch, fsutil, preprocess};
 
 mod progress;
 
@@ -221,11 +221,42 @@ enum Command {
     Serve(ServeArgs),
     /// Save frames from a camera or files as JPEGs into DATA/<class>/ for finetune
     Capture(CaptureArgs),
-    /// List the known models, where each was found, and whether its checksum matches
+    /// List the known models (default), or fetch one: `models list`, `models fetch [NAME]`
     Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+        /// JSON instead of a table (for the default `list`)
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// List the known models, where each was found, and whether its checksum matches
+    List {
         /// JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// Download a model into the user cache (~/.cache/edge-mnv2/models), verified by its sha256
+    ///
+    /// Nothing is downloaded when a copy with the right checksum is already in a search
+    /// directory. A failed, cut or wrong download leaves no file behind. Only https:// URLs,
+    /// plus http:// to this machine (127.0.0.1, localhost) for a local mirror or tests.
+    Fetch {
+        /// Model name from `edge-mnv2 models` (default: the manifest's default model)
+        #[arg(conflicts_with = "all")]
+        name: Option<String>,
+        /// Every model that has a download URL and a pinned checksum
+        #[arg(long)]
+        all: bool,
+        /// Download from this URL instead of the manifest's (the checksum is still the manifest's)
+        #[arg(long, value_name = "URL", conflicts_with = "all")]
+        url: Option<String>,
+        /// Download again even if a verified copy exists
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -368,7 +399,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             images,
         } => embed(&model, json, out.as_deref(), &images),
-        Command::Models { json } => list_models(json),
+        Command::Models { action, json } => match action {
+            None => list_models(json),
+            Some(ModelsAction::List { json: list_json }) => list_models(json || list_json),
+            Some(ModelsAction::Fetch {
+                name,
+                all,
+                url,
+                force,
+            }) => fetch_models(name.as_deref(), all, url, force),
+        },
         Command::Calibrate {
             model,
             images,
@@ -871,6 +911,77 @@ fn embed(model: &ModelArg, json: bool, out: Option<&Path>, images: &[PathBuf]) -
         fsutil::write_atomic(out, text.as_bytes())?;
     }
     Ok(code)
+}
+
+/// `models fetch`: one model (or all downloadable ones with --all); exit 1 if any failed.
+fn fetch_models(
+    name: Option<&str>,
+    all: bool,
+    url: Option<String>,
+    force: bool,
+) -> Result<ExitCode> {
+    let manifest = Manifest::builtin();
+    let specs: Vec<&models::ModelSpec> = if all {
+        manifest
+            .models
+            .iter()
+            .filter(|m| !m.url.is_empty() && !m.sha256.is_empty())
+            .collect()
+    } else {
+        let name = name.unwrap_or(&manifest.default);
+        vec![manifest
+            .get(name)
+            .ok_or_else(|| models::ModelError::UnknownName {
+                name: name.to_string(),
+                known: manifest.known_names(),
+            })?]
+    };
+    if let [spec] = specs[..] {
+        if spec.url.is_empty() && url.is_none() {
+            let downloadable: Vec<&str> = manifest
+                .models
+                .iter()
+                .filter(|m| !m.url.is_empty() && !m.sha256.is_empty())
+                .map(|m| m.name.as_str())
+                .collect();
+            anyhow::bail!(
+                "model '{}' is converted locally and has no download URL; downloadable: {}",
+                spec.name,
+                downloadable.join(", ")
+            );
+        }
+    }
+    let opts = fetch::FetchOptions { url, force };
+    let cancel = progress::cancel_on_ctrl_c();
+    let bar = progress::Download::new();
+    let mut failed = 0;
+    for spec in &specs {
+        let fetched = fetch::fetch(spec, &opts, &bar, cancel);
+        let mut out = std::io::stdout().lock();
+        match fetched {
+            Ok(fetch::Fetched::AlreadyPresent { path }) => writeln!(
+                out,
+                "{}: already present at {} (sha256 ok); --force downloads it again",
+                spec.name,
+                path.display()
+            )?,
+            Ok(fetch::Fetched::Downloaded { path, url, bytes }) => writeln!(
+                out,
+                "{}: downloaded {url} to {} ({bytes} bytes, sha256 ok)",
+                spec.name,
+                path.display()
+            )?,
+            Err(e) => {
+                eprintln!("edge-mnv2: error: {}", one_line(&e.into()));
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn list_models(json: bool) -> Result<ExitCode> {

@@ -18,6 +18,10 @@ const MANIFEST_TOML: &str = include_str!("../models/manifest.toml");
 /// Environment variable naming an extra models directory, searched first.
 pub const MODELS_ENV: &str = "EDGE_MNV2_MODELS";
 
+/// Environment variable replacing the per-user model cache directory (where `models fetch`
+/// stores downloads), e.g. for a read-only home or a shared models disk.
+pub const MODEL_CACHE_ENV: &str = "EDGE_MNV2_MODEL_CACHE";
+
 #[derive(Debug, Error)]
 pub enum ModelError {
     #[error("unknown model '{name}' (known: {known}); see `edge-mnv2 models`")]
@@ -120,7 +124,8 @@ impl Manifest {
         self.models.iter().find(|m| m.name == name)
     }
 
-    fn known_names(&self) -> String {
+    /// The model names, comma-separated, for error messages.
+    pub fn known_names(&self) -> String {
         self.models
             .iter()
             .map(|m| m.name.as_str())
@@ -167,9 +172,13 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The per-user cache where `models fetch` stores downloads (`~/.cache/edge-mnv2/models`).
+/// The per-user cache where `models fetch` stores downloads: `$EDGE_MNV2_MODEL_CACHE`, else
+/// `~/.cache/edge-mnv2/models` (`$XDG_CACHE_HOME/edge-mnv2/models`).
 pub fn cache_dir() -> Option<PathBuf> {
-    dirs::cache_dir().map(|d| d.join("edge-mnv2").join("models"))
+    match std::env::var_os(MODEL_CACHE_ENV).filter(|d| !d.is_empty()) {
+        Some(d) => Some(PathBuf::from(d)),
+        None => dirs::cache_dir().map(|d| d.join("edge-mnv2").join("models")),
+    }
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
@@ -192,13 +201,24 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
 
 /// Where a manifest entry's file is, if anywhere, with the directory it was found in.
 pub fn locate(spec: &ModelSpec) -> Option<(PathBuf, PathBuf)> {
-    let basename = Path::new(&spec.file).file_name()?;
-    search_dirs().into_iter().find_map(|dir| {
-        [dir.join(&spec.file), dir.join(basename)]
-            .into_iter()
-            .find(|p| p.is_file())
-            .map(|p| (p, dir))
-    })
+    locate_all(spec).into_iter().next()
+}
+
+/// Every copy of a manifest entry's file in the search dirs, in lookup order, with the directory
+/// each was found in (`models fetch` looks past a bad first copy for a good one).
+pub fn locate_all(spec: &ModelSpec) -> Vec<(PathBuf, PathBuf)> {
+    let Some(basename) = Path::new(&spec.file).file_name() else {
+        return Vec::new();
+    };
+    search_dirs()
+        .into_iter()
+        .filter_map(|dir| {
+            [dir.join(&spec.file), dir.join(basename)]
+                .into_iter()
+                .find(|p| p.is_file())
+                .map(|p| (p, dir))
+        })
+        .collect()
 }
 
 fn verify(
@@ -320,7 +340,13 @@ mod tests {
         assert!(m.get(&m.default).is_some());
         for spec in &m.models {
             assert!(
-                spec.format == "onnx" || spec.format == "tflite",
+                ["onnx", "tflite"].contains(&spec.format.as_str()),
+                "{}",
+                spec.name
+            );
+            // `models fetch` refuses unpinned downloads, and plain http is for tests only.
+            assert!(
+                spec.url.is_empty() || spec.url.starts_with("https://"),
                 "{}",
                 spec.name
             );

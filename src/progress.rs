@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+use edge_mnv2::fetch::FetchProgress;
 use edge_mnv2::finetune::Progress;
 use edge_mnv2::head::EpochStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -74,6 +75,52 @@ impl Progress for Terminal {
             "epoch {:>3}: train loss {:.4} acc {:.4}, {val}",
             e.epoch, e.train_loss, e.train_accuracy
         ));
+    }
+}
+
+/// A byte-count bar for `models fetch` on a terminal; nothing otherwise.
+pub struct Download {
+    tty: bool,
+    bar: ProgressBar,
+}
+
+impl Download {
+    pub fn new() -> Download {
+        Download {
+            tty: std::io::stderr().is_terminal(),
+            bar: ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
+        }
+    }
+}
+
+impl FetchProgress for Download {
+    fn start(&self, url: &str, total: Option<u64>) {
+        if !self.tty {
+            return;
+        }
+        self.bar.reset();
+        // Without a Content-Length there is no gauge to fill: a spinner with the byte count.
+        let template = match total {
+            Some(_) => "[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, eta {eta}  {msg}",
+            None => "{spinner} {bytes} {bytes_per_sec}  {msg}",
+        };
+        self.bar.set_length(total.unwrap_or(0));
+        self.bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        self.bar.set_message(url.to_string());
+        self.bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
+
+    fn advance(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+        self.bar.set_draw_target(ProgressDrawTarget::hidden());
     }
 }
 

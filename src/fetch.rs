@@ -1,0 +1,399 @@
+//! `models fetch`: download a manifest model into the user cache, verified.
+//!
+//! The body is streamed into a temporary file in the destination directory and hashed on the way;
+//! only a complete body (Content-Length honoured when sent) whose sha256 matches the manifest is
+//! renamed into place, in one step. Any failure drops the temporary file, so a cut connection, a
+//! truncated or corrupted body or an HTTP error leaves nothing behind.
+//!
+//! URLs must be `https://` (rustls with the `ring` provider and the compiled-in Mozilla roots);
+//! plain `http://` is accepted only for loopback hosts, which is what the tests serve from. HTTPS
+//! and loopback HTTP go through the same code below; ureq only adds TLS to the transport.
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use ureq::http::Uri;
+use ureq::ResponseExt;
+
+use crate::models::{self, ModelSpec};
+
+/// Environment variable naming a mirror: a model is fetched from `<base>/<file name>` instead of
+/// its manifest URL (an offline mirror on the LAN, or a test server).
+pub const BASE_URL_ENV: &str = "EDGE_MNV2_MODEL_BASE_URL";
+
+/// Connection set-up (DNS, TCP, TLS handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a single read may wait for bytes: a stalled server fails instead of hanging.
+const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// No model we know is near this; a server streaming without end must not fill the disk.
+const MAX_MODEL_BYTES: u64 = 512 << 20;
+/// Delay before the single retry of a transient failure (refused, reset, cut, timed out).
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("model '{name}' has no download URL (it is derived locally from another file; see the README)")]
+    NoUrl { name: String },
+    #[error("model '{name}': no sha256 is pinned in the manifest, so a download of {url} could not be verified; download it yourself and pass --model PATH")]
+    Unpinned { name: String, url: String },
+    #[error("{url}: refusing {reason}")]
+    InsecureUrl { url: String, reason: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: String },
+    #[error("{url}: {reason}")]
+    Connection { url: String, reason: String },
+    #[error("{url}: connection cut: got {got} of {expected} bytes")]
+    Truncated {
+        url: String,
+        got: u64,
+        expected: u64,
+    },
+    #[error("{url}: larger than {limit} bytes, not a model file")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: checksum mismatch for model '{name}': downloaded sha256 {actual}, the manifest expects {expected} (corrupt or wrong file); nothing stored")]
+    ChecksumMismatch {
+        url: String,
+        name: String,
+        actual: String,
+        expected: String,
+    },
+    #[error("no model cache directory: set ${} or HOME", models::MODEL_CACHE_ENV)]
+    NoCacheDir,
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{url}: interrupted; nothing stored")]
+    Interrupted { url: String },
+}
+
+impl FetchError {
+    /// Failures a second attempt may cure; HTTP statuses and wrong bytes it will not.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Connection { .. } | FetchError::Truncated { .. }
+        )
+    }
+}
+
+/// Download progress, drawn by the caller (a bar on a terminal, nothing otherwise).
+pub trait FetchProgress {
+    /// A body of `total` bytes (if the server said) starts.
+    fn start(&self, _url: &str, _total: Option<u64>) {}
+    fn advance(&self, _done: u64) {}
+    fn finish(&self) {}
+}
+
+/// A [`FetchProgress`] that shows nothing.
+pub struct Quiet;
+impl FetchProgress for Quiet {}
+
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Download from this URL instead of the manifest's (or the mirror's).
+    pub url: Option<String>,
+    /// Download even if a verified copy is already in a search directory.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// A verified copy was already there; nothing was downloaded.
+    AlreadyPresent { path: PathBuf },
+    Downloaded {
+        path: PathBuf,
+        url: String,
+        bytes: u64,
+    },
+}
+
+/// The URL a model is fetched from: the explicit one, else the mirror's, else the manifest's.
+pub fn source_url(spec: &ModelSpec, explicit: Option<&str>) -> Result<String, FetchError> {
+    if let Some(url) = explicit.filter(|u| !u.is_empty()) {
+        return Ok(url.to_string());
+    }
+    if spec.url.is_empty() {
+        return Err(FetchError::NoUrl {
+            name: spec.name.clone(),
+        });
+    }
+    let mirror = std::env::var(BASE_URL_ENV).ok().filter(|b| !b.is_empty());
+    Ok(match mirror {
+        Some(base) => {
+            let file = Path::new(&spec.file)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or(&spec.file);
+            format!("{}/{file}", base.trim_end_matches('/'))
+        }
+        None => spec.url.clone(),
+    })
+}
+
+/// https anywhere; http only to this machine (tests, a local mirror). Anything else refused.
+pub fn check_url(url: &str) -> Result<(), FetchError> {
+    let refuse = |reason: &str| FetchError::InsecureUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| refuse(&format!("an unparsable URL ({e})")))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if uri.host().is_some_and(is_loopback) => Ok(()),
+        Some("http") => Err(refuse(
+            "plain http:// to a host other than this machine; use https://",
+        )),
+        _ => Err(refuse("a URL that is not https://")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A verified copy of the model already in a search directory, if any.
+pub fn find_verified(spec: &ModelSpec) -> Option<PathBuf> {
+    models::locate_all(spec)
+        .into_iter()
+        .map(|(path, _)| path)
+        .find(|path| models::sha256_file(path).is_ok_and(|sum| sum == spec.sha256))
+}
+
+/// Fetches one manifest model into [`models::cache_dir`] unless a verified copy exists.
+/// `cancel` is polled between reads (Ctrl-C): a cancelled download stores nothing.
+pub fn fetch(
+    spec: &ModelSpec,
+    opts: &FetchOptions,
+    progress: &dyn FetchProgress,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Fetched, FetchError> {
+    let url = source_url(spec, opts.url.as_deref())?;
+    if spec.sha256.is_empty() {
+        return Err(FetchError::Unpinned {
+            name: spec.name.clone(),
+            url,
+        });
+    }
+    check_url(&url)?;
+    if !opts.force {
+        if let Some(path) = find_verified(spec) {
+            return Ok(Fetched::AlreadyPresent { path });
+        }
+    }
+    let dest = models::cache_dir()
+        .ok_or(FetchError::NoCacheDir)?
+        .join(&spec.file);
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| FetchError::Io {
+        path: dir.to_path_buf(),
+        reason: format!("cannot create the model cache directory: {e}"),
+    })?;
+    let agent = agent();
+    let mut result = download_to(&agent, &url, spec, &dest, progress, cancel);
+    if result.as_ref().is_err_and(FetchError::is_transient) {
+        log::warn!("{}; retrying once", result.as_ref().unwrap_err());
+        std::thread::sleep(RETRY_DELAY);
+        result = download_to(&agent, &url, spec, &dest, progress, cancel);
+    }
+    let bytes = result?;
+    Ok(Fetched::Downloaded {
+        path: dest,
+        url,
+        bytes,
+    })
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(IDLE_READ_TIMEOUT))
+        // Statuses are reported by us, with the reason phrase and the URL.
+        .http_status_as_error(false)
+        .user_agent(concat!("edge-mnv2/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// One attempt: GET `url` into a temporary file beside `dest`, verify, rename. Returns the size.
+fn download_to(
+    agent: &ureq::Agent,
+    url: &str,
+    spec: &ModelSpec,
+    dest: &Path,
+    progress: &dyn FetchProgress,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<u64, FetchError> {
+    let connection = |reason: String| FetchError::Connection {
+        url: url.to_string(),
+        reason,
+    };
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| connection(e.to_string()))?;
+    // A redirect must not downgrade to plain http to another host.
+    check_url(&response.get_uri().to_string()).map_err(|_| FetchError::InsecureUrl {
+        url: url.to_string(),
+        reason: format!("a redirect to {}", response.get_uri()),
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+        });
+    }
+    let expected_len = response.body().content_length();
+    if expected_len.is_some_and(|n| n > MAX_MODEL_BYTES) {
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            limit: MAX_MODEL_BYTES,
+        });
+    }
+
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let io = |path: &Path, e: std::io::Error| FetchError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    // Same directory as the destination, so the final rename is atomic; dropped (deleted) on
+    // every early return below.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".edge-mnv2-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| io(dir, e))?;
+    let mut reader = response.into_body().into_reader();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got: u64 = 0;
+    progress.start(url, expected_len);
+    let streamed = loop {
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            break Err(FetchError::Interrupted {
+                url: url.to_string(),
+            });
+        }
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                break Err(match expected_len {
+                    Some(expected) => FetchError::Truncated {
+                        url: url.to_string(),
+                        got,
+                        expected,
+                    },
+                    None => connection(format!("connection cut after {got} bytes: {e}")),
+                })
+            }
+        };
+        got += n as u64;
+        if got > MAX_MODEL_BYTES {
+            break Err(FetchError::TooLarge {
+                url: url.to_string(),
+                limit: MAX_MODEL_BYTES,
+            });
+        }
+        hasher.update(&buf[..n]);
+        if let Err(e) = tmp.write_all(&buf[..n]) {
+            break Err(io(tmp.path(), e));
+        }
+        progress.advance(got);
+    };
+    progress.finish();
+    streamed?;
+    // ureq stops at Content-Length and reports an early close as an error, but a short body
+    // must never pass on the word of the HTTP library alone.
+    if let Some(expected) = expected_len.filter(|&n| n != got) {
+        return Err(FetchError::Truncated {
+            url: url.to_string(),
+            got,
+            expected,
+        });
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != spec.sha256 {
+        return Err(FetchError::ChecksumMismatch {
+            url: url.to_string(),
+            name: spec.name.clone(),
+            actual,
+            expected: spec.sha256.clone(),
+        });
+    }
+    // tempfile creates 0600; a model is an ordinary readable file (other users, a service).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io(tmp.path(), e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| io(tmp.path(), e))?;
+    tmp.persist(dest).map_err(|e| io(dest, e.error))?;
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_anywhere_http_only_on_loopback() {
+        assert!(check_url("https://example.org/m.tflite").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/m.tflite").is_ok());
+        assert!(check_url("http://127.3.2.1/m").is_ok());
+        assert!(check_url("http://localhost/m").is_ok());
+        assert!(check_url("http://[::1]:9/m").is_ok());
+        for bad in [
+            "http://example.org/m.tflite",
+            "http://10.0.0.1/m",
+            "http://127.0.0.1.example.org/m",
+            "ftp://127.0.0.1/m",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(matches!(e, FetchError::InsecureUrl { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn explicit_url_beats_manifest_and_derived_files_have_none() {
+        let m = models::Manifest::builtin();
+        let tflite = m.get("mobilenet_v2_1.0_224_quant").unwrap();
+        assert!(source_url(tflite, None).unwrap().starts_with("https://"));
+        assert_eq!(
+            source_url(tflite, Some("http://127.0.0.1:1/x")).unwrap(),
+            "http://127.0.0.1:1/x"
+        );
+        let derived = m.get("mnv2-1.0-224-dequant").unwrap();
+        assert!(matches!(
+            source_url(derived, None),
+            Err(FetchError::NoUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn unpinned_entries_are_refused_before_any_network() {
+        let m = models::Manifest::builtin();
+        let unpinned = m.get("mobilenetv2-12").unwrap();
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let e = fetch(unpinned, &FetchOptions::default(), &Quiet, &cancel).unwrap_err();
+        assert!(matches!(e, FetchError::Unpinned { .. }), "{e}");
+    }
+}
