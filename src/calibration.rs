@@ -56,6 +56,9 @@ pub struct Calibration {
     /// Least top-1 agreement with f32 a precision needs to be chosen.
     pub min_top1_agreement: f64,
     pub measurements: Vec<Measurement>,
+    /// Operators the int8 graph runs in f32 (between a dequantize and a requantize).
+    #[serde(default)]
+    pub int8_f32_layers: Vec<String>,
     pub choice: Choice,
 }
 
@@ -218,6 +221,13 @@ impl Calibration {
                 m.top1_agreement * 100.0
             ));
         }
+        if !self.int8_f32_layers.is_empty() {
+            s.push_str(&format!(
+                "int8 runs {} operator(s) in f32 (dequantize, op, requantize): {}\n",
+                self.int8_f32_layers.len(),
+                self.int8_f32_layers.join(", ")
+            ));
+        }
         s
     }
 }
@@ -288,8 +298,12 @@ pub fn calibrate(
 
     let mut reference: Option<Pass> = None;
     let mut measurements = Vec::new();
+    let mut int8_f32_layers = Vec::new();
     for precision in Precision::ALL {
         let mut backbone = Backbone::load_with_precision(model, with_scores, precision)?;
+        if precision == Precision::Int8 {
+            int8_f32_layers = backbone.f32_fallbacks().to_vec();
+        }
         let pass = run_pass(&backbone, &frames)?;
         let reference = reference.get_or_insert_with(|| Pass {
             embeddings: pass.embeddings.clone(),
@@ -354,6 +368,7 @@ pub fn calibrate(
         runs: opts.runs,
         min_top1_agreement: opts.min_top1_agreement,
         measurements,
+        int8_f32_layers,
         choice,
     })
 }
