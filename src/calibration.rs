@@ -223,7 +223,7 @@ impl Calibration {
         }
         if !self.int8_f32_layers.is_empty() {
             s.push_str(&format!(
-                "int8 runs {} operator(s) in f32 (dequantize, op, requantize): {}\n",
+                "note: int8 runs {} operator(s) in f32 (dequantize, op, requantize): {}\n",
                 self.int8_f32_layers.len(),
                 self.int8_f32_layers.join(", ")
             ));

@@ -492,20 +492,27 @@ impl<'a> Builder<'a> {
         mul: f32,
         add: f32,
     ) -> Result<OutletId, TfliteError> {
-        let m = self.konst(self.unique(&format!("{name}.mul")), tensor0(mul))?;
-        let x = wire_with_rank_broadcast(
-            self.unique(&format!("{name}.scale")),
-            &mut self.target,
-            math::mul(),
-            &[x, m],
-        )?[0];
-        let a = self.konst(self.unique(&format!("{name}.add")), tensor0(add))?;
-        Ok(wire_with_rank_broadcast(
-            self.unique(&format!("{name}.shift")),
-            &mut self.target,
-            math::add(),
-            &[x, a],
-        )?[0])
+        // Identity steps are skipped rather than left for the optimiser: this runs per frame.
+        let mut x = x;
+        if mul != 1.0 {
+            let m = self.konst(self.unique(&format!("{name}.mul")), tensor0(mul))?;
+            x = wire_with_rank_broadcast(
+                self.unique(&format!("{name}.scale")),
+                &mut self.target,
+                math::mul(),
+                &[x, m],
+            )?[0];
+        }
+        if add != 0.0 {
+            let a = self.konst(self.unique(&format!("{name}.add")), tensor0(add))?;
+            x = wire_with_rank_broadcast(
+                self.unique(&format!("{name}.shift")),
+                &mut self.target,
+                math::add(),
+                &[x, a],
+            )?[0];
+        }
+        Ok(x)
     }
 
     /// Tensor `i` as f32 real values: `offset × scale` in the f32 graph, a dequantize in the
