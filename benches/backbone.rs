@@ -53,7 +53,7 @@ fn main() {
     println!(
         "backbone latency, batch 1, 224x224, {runs} warm runs, {} ({})",
         std::env::consts::ARCH,
-        cpu_name()
+        edge_mnv2::calibration::cpu_name()
     );
     println!(
         "{:<36} {:>10} {:>10} {:>10} {:>10}",
@@ -92,15 +92,4 @@ fn main() {
             ms(med) / ms(base_med)
         );
     }
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into())
 }
