@@ -5,7 +5,7 @@
 //! each is written to a temporary file and linked into place without replacing anything, so an
 //! interrupted capture leaves no partial file and a second capture never overwrites the first.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -48,14 +48,7 @@ fn highest_number(dir: &Path) -> Result<u64> {
 
 /// Writes `bytes` as the next free `NNNNNN.jpg` in `dir`, never replacing an existing file.
 fn save_next(dir: &Path, next: &mut u64, bytes: &[u8]) -> Result<PathBuf> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".edge-mnv2-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot create a file in this directory", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("{}: writing", dir.display()))?;
+    let mut tmp = crate::fsutil::synced_temp_file(dir, bytes)?;
     loop {
         *next += 1;
         let path = dir.join(format!("{:06}.jpg", *next));

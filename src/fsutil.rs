@@ -13,6 +13,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    let tmp = synced_temp_file(dir, bytes)?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}: replacing", path.display()))?;
+    Ok(())
+}
+
+/// `bytes` in a hidden temporary file in `dir`, flushed to disk, ready to be persisted under its
+/// final name (same directory, so the rename is atomic).
+pub fn synced_temp_file(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".edge-mnv2-")
         .suffix(".tmp")
@@ -20,11 +30,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}: cannot create a file in this directory", dir.display()))?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("{}: writing", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}: replacing", path.display()))?;
-    Ok(())
+        .with_context(|| format!("{}: writing", dir.display()))?;
+    Ok(tmp)
 }
 
 #[cfg(test)]
