@@ -12,10 +12,14 @@ use edge_mnv2::preprocess;
 use edge_mnv2::tflite::Precision;
 
 /// (manifest name, precision for TFLite files). The first row is the baseline of the ratios.
-const MODELS: [(&str, Precision); 6] = [
+const MODELS: [(&str, Precision); 3] = [
     ("mobilenet_v2_1.0_224_quant", Precision::F32),
     ("mobilenet_v2_1.0_224_quant", Precision::Int8),
     ("tf2_mobilenet_v2_1.0_224_ptq", Precision::F32),
+];
+
+/// The ONNX reference files, measured when the bench is built with `--features onnx`.
+const ONNX_MODELS: [(&str, Precision); 3] = [
     ("mnv2-1.0-224-dequant-backbone", Precision::F32),
     ("mnv2-1.0-224-quant-qdq-backbone", Precision::F32),
     ("mobilenetv2-12-int8-backbone", Precision::F32),
@@ -60,7 +64,12 @@ fn main() {
         "model", "cold ms", "median ms", "p90 ms", "vs first"
     );
     let mut base = None;
-    for (name, precision) in MODELS {
+    let onnx: &[(&str, Precision)] = if cfg!(feature = "onnx") {
+        &ONNX_MODELS
+    } else {
+        &[]
+    };
+    for &(name, precision) in MODELS.iter().chain(onnx) {
         let t0 = Instant::now();
         let resolved = models::resolve(&manifest, Some(name)).unwrap();
         let backbone = Backbone::load_with_precision(&resolved, false, precision).unwrap();

@@ -1,18 +1,24 @@
 //! The frozen MobileNetV2: where an image becomes a 1280-d embedding (and, for a full classifier
 //! file, ImageNet scores).
 //!
-//! The ONNX graph is loaded once, given a concrete input shape, cut at the nodes we need and
-//! optimised once; every frame after that is one `run` of the same plan.
+//! The graph (a .tflite file read by `tflite`, or an ONNX file with the `onnx` feature) is loaded
+//! once, given a concrete input shape, cut at the nodes we need and optimised once; every frame
+//! after that is one `run` of the same plan.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use image::RgbImage;
 use thiserror::Error;
+use tract_core::prelude::*;
+#[cfg(feature = "threads")]
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
-use tract_onnx::prelude::*;
+#[cfg(feature = "onnx")]
+use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceModelExt};
 
-use crate::models::{InputDtype, Layout, ModelSpec, ResolvedModel, ScoresKind};
+#[cfg(feature = "onnx")]
+use crate::models::Layout;
+use crate::models::{InputDtype, ModelSpec, ResolvedModel, ScoresKind};
 use crate::preprocess;
 use crate::tflite::{self, Precision};
 
@@ -56,6 +62,7 @@ pub struct Backbone {
     labels: Option<Vec<String>>,
     with_scores: bool,
     /// Threads one frame's matrix products are split over (`None`: the calling thread only).
+    #[cfg(feature = "threads")]
     executor: Option<(usize, Executor)>,
 }
 
@@ -123,6 +130,7 @@ impl Backbone {
             f32_fallbacks: built.f32_fallbacks,
             labels,
             with_scores,
+            #[cfg(feature = "threads")]
             executor: None,
         })
     }
@@ -139,15 +147,29 @@ impl Backbone {
         &self.sha256
     }
 
-    /// Splits each frame's work over `n` threads (1: the calling thread only). Worth it for
-    /// single-stream latency (camera, classify); batch embedding parallelises over images instead.
+    /// Splits each frame's work over `n` threads (1: the calling thread only). Can help
+    /// single-stream latency (camera, classify) on boards where `calibrate` shows a gain; batch
+    /// embedding parallelises over images instead. Needs the `threads` feature: without it every
+    /// frame runs on the calling thread and a request for more is logged and ignored.
     pub fn set_threads(&mut self, n: usize) {
-        self.executor =
-            (n > 1).then(|| (n, Executor::multithread_with_name(n, "edge-mnv2-backbone")));
+        #[cfg(feature = "threads")]
+        {
+            self.executor =
+                (n > 1).then(|| (n, Executor::multithread_with_name(n, "edge-mnv2-backbone")));
+        }
+        #[cfg(not(feature = "threads"))]
+        if n > 1 {
+            log::warn!(
+                "{n} threads per frame asked for, but this build has no `threads` feature: using 1"
+            );
+        }
     }
 
     pub fn threads(&self) -> usize {
-        self.executor.as_ref().map_or(1, |(n, _)| *n)
+        #[cfg(feature = "threads")]
+        return self.executor.as_ref().map_or(1, |(n, _)| *n);
+        #[cfg(not(feature = "threads"))]
+        1
     }
 
     /// `Some` for TFLite files, which can run in either precision.
@@ -192,13 +214,16 @@ impl Backbone {
             // Safety: both types are u8 underneath; only the quantization tag differs.
             unsafe { input.set_datum_type(self.input_type) };
         }
+        #[cfg(feature = "threads")]
         let outputs = match &self.executor {
             None => self.plan.run(tvec!(input.into())),
             Some((_, pool)) => {
                 multithread_tract_scope(pool.clone(), || self.plan.run(tvec!(input.into())))
             }
-        }
-        .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        };
+        #[cfg(not(feature = "threads"))]
+        let outputs = self.plan.run(tvec!(input.into()));
+        let outputs = outputs.map_err(|e| BackboneError::Run(format!("{e:#}")))?;
         let embedding = f32_values(&outputs[0])?;
         let scores = if self.with_scores {
             let raw = f32_values(&outputs[1])?;
@@ -306,6 +331,19 @@ fn check_embedding(model: &TypedModel, what: &str) -> TractResult<()> {
     Ok(())
 }
 
+#[cfg(not(feature = "onnx"))]
+fn build_plan(
+    _path: &Path,
+    _spec: &ModelSpec,
+    _with_scores: bool,
+) -> TractResult<Arc<TypedRunnableModel>> {
+    anyhow::bail!(
+        "this edge-mnv2 was built without ONNX support; use a .tflite model (the default) or \
+         rebuild with `cargo build --release --features onnx`"
+    )
+}
+
+#[cfg(feature = "onnx")]
 fn build_plan(
     path: &Path,
     spec: &ModelSpec,
@@ -343,6 +381,7 @@ fn build_plan(
 }
 
 /// For files whose manifest entry names no embedding node: the last global pooling node.
+#[cfg(feature = "onnx")]
 fn find_global_pool(model: &InferenceModel) -> TractResult<String> {
     model
         .eval_order()?

@@ -295,6 +295,11 @@ pub fn calibrate(
     threads.dedup();
     threads.retain(|&t| t >= 1);
     anyhow::ensure!(!threads.is_empty(), "no thread count to measure");
+    anyhow::ensure!(
+        cfg!(feature = "threads") || threads == [1],
+        "--threads {threads:?}: this build runs each frame on one thread (rebuild with \
+         `--features threads` to measure more)"
+    );
 
     let mut reference: Option<Pass> = None;
     let mut measurements = Vec::new();

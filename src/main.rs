@@ -198,7 +198,8 @@ enum Command {
         /// Images to measure on: a folder of images, or a folder with an images.txt list
         #[arg(long, value_name = "DIR", default_value = "calibration")]
         images: PathBuf,
-        /// Thread counts to try, comma-separated (default: 1, 2, 4, ... up to the core count)
+        /// Thread counts to try, comma-separated (default: 1, 2, 4, ... up to the core count;
+        /// 1 only without the `threads` feature)
         #[arg(long, value_delimiter = ',')]
         threads: Vec<usize>,
         /// Timed frames per precision and thread count
@@ -785,7 +786,9 @@ fn calibrate_cmd(
     let resolved = models::resolve(&Manifest::builtin(), model)?;
     calibration::check_calibratable(&resolved)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if threads.is_empty() {
+    let threads = if threads.is_empty() && !cfg!(feature = "threads") {
+        vec![1]
+    } else if threads.is_empty() {
         std::iter::successors(Some(1usize), |t| Some(t * 2))
             .take_while(|&t| t <= cores)
             .collect()

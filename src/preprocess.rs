@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use thiserror::Error;
-use tract_onnx::prelude::{tract_ndarray, Tensor};
+use tract_core::prelude::{tract_ndarray, Tensor};
 
 use crate::models::{InputDtype, InputSpec, Layout};
 

@@ -257,3 +257,20 @@ fn models_lists_the_shared_files_as_verified() {
         .unwrap();
     assert_eq!(default["status"], "ok");
 }
+
+/// The shipped binary reads .tflite only; an ONNX model must say how to get ONNX support.
+#[cfg(not(feature = "onnx"))]
+#[test]
+fn onnx_model_without_the_onnx_feature() {
+    let m = models_dir().join("derived/mnv2_1.0_224_dequant.f32.backbone.onnx");
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            m.to_str().unwrap(),
+            bmp("cat").to_str().unwrap(),
+        ],
+        &m,
+        "--features onnx",
+    );
+}

@@ -302,8 +302,6 @@ fn heads_are_checked_before_use() {
             "--augment",
             "0",
             "--json",
-            "--model",
-            "mnv2-1.0-224-dequant-backbone",
         ],
         &cache,
     ));
@@ -323,14 +321,14 @@ fn heads_are_checked_before_use() {
             "--head",
             s(&out),
             "--model",
-            "mobilenetv2-12-int8-backbone",
+            "tf2_mobilenet_v2_1.0_224_ptq",
             s(&img),
         ],
         &cache,
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("head was trained on backbone 'mnv2-1.0-224-dequant-backbone'"),
+        stderr(&o).contains("head was trained on backbone 'mobilenet_v2_1.0_224_quant'"),
         "{}",
         stderr(&o)
     );
