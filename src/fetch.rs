@@ -1,4 +1,4 @@
-//! `models fetch`: download a manifest model into the user cache, verified.
+//! `models fetch`: download a manifest model (and its label file) into the user cache, verified.
 //!
 //! The body is streamed into a temporary file in the destination directory and hashed on the way;
 //! only a complete body (Content-Length honoured when sent) whose sha256 matches the manifest is
@@ -19,7 +19,7 @@ use thiserror::Error;
 use ureq::http::Uri;
 use ureq::ResponseExt;
 
-use crate::models::{self, ModelSpec};
+use crate::models::{self, LabelFile, Manifest, ModelSpec};
 
 /// Environment variable naming a mirror: a model is fetched from `<base>/<file name>` instead of
 /// its manifest URL (an offline mirror on the LAN, or a test server).
@@ -54,7 +54,7 @@ pub enum FetchError {
     },
     #[error("{url}: larger than {limit} bytes, not a model file")]
     TooLarge { url: String, limit: u64 },
-    #[error("{url}: checksum mismatch for model '{name}': downloaded sha256 {actual}, the manifest expects {expected} (corrupt or wrong file); nothing stored")]
+    #[error("{url}: checksum mismatch for {name}: downloaded sha256 {actual}, the manifest expects {expected} (corrupt or wrong file); nothing stored")]
     ChecksumMismatch {
         url: String,
         name: String,
@@ -110,27 +110,74 @@ pub enum Fetched {
     },
 }
 
+/// One file to download and verify: a model, or the label file of one.
+struct Item<'a> {
+    /// For messages: "model 'x'" or "label file 'y'".
+    what: String,
+    /// Model name for errors about the manifest entry.
+    name: &'a str,
+    file: &'a str,
+    sha256: &'a str,
+    url: &'a str,
+}
+
+impl<'a> Item<'a> {
+    fn model(spec: &'a ModelSpec) -> Item<'a> {
+        Item {
+            what: format!("model '{}'", spec.name),
+            name: &spec.name,
+            file: &spec.file,
+            sha256: &spec.sha256,
+            url: &spec.url,
+        }
+    }
+
+    fn labels(spec: &'a ModelSpec, labels: &'a LabelFile) -> Item<'a> {
+        Item {
+            what: format!("label file '{}'", labels.file),
+            name: &spec.name,
+            file: &labels.file,
+            sha256: &labels.sha256,
+            url: &labels.url,
+        }
+    }
+
+    /// The URL it is fetched from: the explicit one, else the mirror's, else the manifest's.
+    fn source_url(&self, explicit: Option<&str>) -> Result<String, FetchError> {
+        if let Some(url) = explicit.filter(|u| !u.is_empty()) {
+            return Ok(url.to_string());
+        }
+        if self.url.is_empty() {
+            return Err(FetchError::NoUrl {
+                name: self.name.to_string(),
+            });
+        }
+        let mirror = std::env::var(BASE_URL_ENV).ok().filter(|b| !b.is_empty());
+        Ok(match mirror {
+            Some(base) => format!("{}/{}", base.trim_end_matches('/'), self.base_name()),
+            None => self.url.to_string(),
+        })
+    }
+
+    fn base_name(&self) -> &str {
+        Path::new(self.file)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or(self.file)
+    }
+
+    /// A verified copy already in a search directory, if any.
+    fn find_verified(&self) -> Option<PathBuf> {
+        models::locate_file(self.file)
+            .into_iter()
+            .map(|(path, _)| path)
+            .find(|path| models::sha256_file(path).is_ok_and(|sum| sum == self.sha256))
+    }
+}
+
 /// The URL a model is fetched from: the explicit one, else the mirror's, else the manifest's.
 pub fn source_url(spec: &ModelSpec, explicit: Option<&str>) -> Result<String, FetchError> {
-    if let Some(url) = explicit.filter(|u| !u.is_empty()) {
-        return Ok(url.to_string());
-    }
-    if spec.url.is_empty() {
-        return Err(FetchError::NoUrl {
-            name: spec.name.clone(),
-        });
-    }
-    let mirror = std::env::var(BASE_URL_ENV).ok().filter(|b| !b.is_empty());
-    Ok(match mirror {
-        Some(base) => {
-            let file = Path::new(&spec.file)
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or(&spec.file);
-            format!("{}/{file}", base.trim_end_matches('/'))
-        }
-        None => spec.url.clone(),
-    })
+    Item::model(spec).source_url(explicit)
 }
 
 /// https anywhere; http only to this machine (tests, a local mirror). Anything else refused.
@@ -160,10 +207,7 @@ fn is_loopback(host: &str) -> bool {
 
 /// A verified copy of the model already in a search directory, if any.
 pub fn find_verified(spec: &ModelSpec) -> Option<PathBuf> {
-    models::locate_all(spec)
-        .into_iter()
-        .map(|(path, _)| path)
-        .find(|path| models::sha256_file(path).is_ok_and(|sum| sum == spec.sha256))
+    Item::model(spec).find_verified()
 }
 
 /// Fetches one manifest model into [`models::cache_dir`] unless a verified copy exists.
@@ -174,33 +218,67 @@ pub fn fetch(
     progress: &dyn FetchProgress,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Fetched, FetchError> {
-    let url = source_url(spec, opts.url.as_deref())?;
-    if spec.sha256.is_empty() {
+    let url = Item::model(spec).source_url(opts.url.as_deref())?;
+    fetch_item(&Item::model(spec), url, opts.force, progress, cancel)
+}
+
+/// Fetches the label file a model's class scores are named by (`classify` needs it), when the
+/// manifest has a download for it; `None` when it has none. With an explicit model URL the label
+/// file is taken from the same directory (a mirror holds both), else from the mirror or manifest.
+pub fn fetch_labels(
+    manifest: &Manifest,
+    spec: &ModelSpec,
+    opts: &FetchOptions,
+    progress: &dyn FetchProgress,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Option<Fetched>, FetchError> {
+    let Some(labels) = manifest.label_file_of(spec) else {
+        return Ok(None);
+    };
+    let item = Item::labels(spec, labels);
+    let url = match opts.url.as_deref().filter(|u| !u.is_empty()) {
+        Some(model_url) => match model_url.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{}", item.base_name()),
+            None => item.source_url(None)?,
+        },
+        None => item.source_url(None)?,
+    };
+    fetch_item(&item, url, opts.force, progress, cancel).map(Some)
+}
+
+fn fetch_item(
+    item: &Item,
+    url: String,
+    force: bool,
+    progress: &dyn FetchProgress,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Fetched, FetchError> {
+    if item.sha256.is_empty() {
         return Err(FetchError::Unpinned {
-            name: spec.name.clone(),
+            name: item.name.to_string(),
             url,
         });
     }
     check_url(&url)?;
-    if !opts.force {
-        if let Some(path) = find_verified(spec) {
+    if !force {
+        if let Some(path) = item.find_verified() {
             return Ok(Fetched::AlreadyPresent { path });
         }
     }
     let dest = models::cache_dir()
         .ok_or(FetchError::NoCacheDir)?
-        .join(&spec.file);
+        .join(item.file);
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| FetchError::Io {
         path: dir.to_path_buf(),
         reason: format!("cannot create the model cache directory: {e}"),
     })?;
     let agent = agent();
-    let mut result = download_to(&agent, &url, spec, &dest, progress, cancel);
+    let mut result = download_to(&agent, &url, item, &dest, progress, cancel);
     if result.as_ref().is_err_and(FetchError::is_transient) {
         log::warn!("{}; retrying once", result.as_ref().unwrap_err());
         std::thread::sleep(RETRY_DELAY);
-        result = download_to(&agent, &url, spec, &dest, progress, cancel);
+        result = download_to(&agent, &url, item, &dest, progress, cancel);
     }
     let bytes = result?;
     Ok(Fetched::Downloaded {
@@ -225,7 +303,7 @@ fn agent() -> ureq::Agent {
 fn download_to(
     agent: &ureq::Agent,
     url: &str,
-    spec: &ModelSpec,
+    item: &Item,
     dest: &Path,
     progress: &dyn FetchProgress,
     cancel: &std::sync::atomic::AtomicBool,
@@ -327,12 +405,12 @@ fn download_to(
         });
     }
     let actual = hex::encode(hasher.finalize());
-    if actual != spec.sha256 {
+    if actual != item.sha256 {
         return Err(FetchError::ChecksumMismatch {
             url: url.to_string(),
-            name: spec.name.clone(),
+            name: item.what.clone(),
             actual,
-            expected: spec.sha256.clone(),
+            expected: item.sha256.to_string(),
         });
     }
     // tempfile creates 0600; a model is an ordinary readable file (other users, a service).

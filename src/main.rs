@@ -958,26 +958,38 @@ fn fetch_models(
     let cancel = progress::cancel_on_ctrl_c();
     let bar = progress::Download::new();
     let mut failed = 0;
-    for spec in &specs {
-        let fetched = fetch::fetch(spec, &opts, &bar, cancel);
+    let report = |what: &str, fetched: Result<Option<fetch::Fetched>, fetch::FetchError>| {
         let mut out = std::io::stdout().lock();
         match fetched {
-            Ok(fetch::Fetched::AlreadyPresent { path }) => writeln!(
+            Ok(None) => Ok(true),
+            Ok(Some(fetch::Fetched::AlreadyPresent { path })) => writeln!(
                 out,
-                "{}: already present at {} (sha256 ok); --force downloads it again",
-                spec.name,
+                "{what}: already present at {} (sha256 ok); --force downloads it again",
                 path.display()
-            )?,
-            Ok(fetch::Fetched::Downloaded { path, url, bytes }) => writeln!(
+            )
+            .map(|_| true),
+            Ok(Some(fetch::Fetched::Downloaded { path, url, bytes })) => writeln!(
                 out,
-                "{}: downloaded {url} to {} ({bytes} bytes, sha256 ok)",
-                spec.name,
+                "{what}: downloaded {url} to {} ({bytes} bytes, sha256 ok)",
                 path.display()
-            )?,
+            )
+            .map(|_| true),
             Err(e) => {
                 eprintln!("edge-mnv2: error: {}", one_line(&e.into()));
-                failed += 1;
+                Ok(false)
             }
+        }
+    };
+    for spec in &specs {
+        let fetched = fetch::fetch(spec, &opts, &bar, cancel).map(Some);
+        // The label file only after the model: a failed model download leaves nothing at all.
+        let ok = report(&spec.name, fetched)?
+            && report(
+                &format!("{} labels", spec.name),
+                fetch::fetch_labels(&manifest, spec, &opts, &bar, cancel),
+            )?;
+        if !ok {
+            failed += 1;
         }
     }
     Ok(if failed > 0 {

@@ -111,6 +111,18 @@ pub struct Manifest {
     pub default: String,
     #[serde(rename = "model")]
     pub models: Vec<ModelSpec>,
+    /// Label files with an official download, fetched along with the models that name them.
+    #[serde(rename = "labels", default)]
+    pub label_files: Vec<LabelFile>,
+}
+
+/// A label file `models fetch` can download (pinned like a model file).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabelFile {
+    /// Path relative to a models directory, as in a model's `labels` key.
+    pub file: String,
+    pub sha256: String,
+    pub url: String,
 }
 
 impl Manifest {
@@ -122,6 +134,13 @@ impl Manifest {
 
     pub fn get(&self, name: &str) -> Option<&ModelSpec> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The downloadable label file a model's scores are named by, if the manifest has one.
+    pub fn label_file_of(&self, spec: &ModelSpec) -> Option<&LabelFile> {
+        self.label_files
+            .iter()
+            .find(|l| !spec.labels.is_empty() && l.file == spec.labels)
     }
 
     /// The model names, comma-separated, for error messages.
@@ -207,13 +226,18 @@ pub fn locate(spec: &ModelSpec) -> Option<(PathBuf, PathBuf)> {
 /// Every copy of a manifest entry's file in the search dirs, in lookup order, with the directory
 /// each was found in (`models fetch` looks past a bad first copy for a good one).
 pub fn locate_all(spec: &ModelSpec) -> Vec<(PathBuf, PathBuf)> {
-    let Some(basename) = Path::new(&spec.file).file_name() else {
+    locate_file(&spec.file)
+}
+
+/// Every search directory holding `file` (as given, or by its base name): (path, directory).
+pub fn locate_file(file: &str) -> Vec<(PathBuf, PathBuf)> {
+    let Some(basename) = Path::new(file).file_name() else {
         return Vec::new();
     };
     search_dirs()
         .into_iter()
         .filter_map(|dir| {
-            [dir.join(&spec.file), dir.join(basename)]
+            [dir.join(file), dir.join(basename)]
                 .into_iter()
                 .find(|p| p.is_file())
                 .map(|p| (p, dir))
@@ -365,6 +389,16 @@ mod tests {
             if spec.has_scores() {
                 assert!(!spec.labels.is_empty(), "{}", spec.name);
             }
+        }
+        // Whoever fetches the default model can also `classify`: its labels are downloadable.
+        let default = m.get(&m.default).unwrap();
+        assert!(m.label_file_of(default).is_some());
+        for l in &m.label_files {
+            assert!(
+                l.url.starts_with("https://") && l.sha256.len() == 64,
+                "{}",
+                l.file
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! `edge-mnv2 models fetch` against a tiny HTTP/1.1 server on 127.0.0.1 in this process, serving
-//! the real model file from ../shared/models (good, truncated, corrupted, wrong file, 404, hang-up).
+//! the real model file from ../shared/models (good, truncated, corrupted, wrong file, 404, hang-up)
+//! and its label file.
 //! No network beyond 127.0.0.1. HTTPS is the same code path with rustls added by ureq; it cannot
 //! be reached from here, so only the plain-HTTP loopback path runs.
 
@@ -17,6 +18,7 @@ use common::*;
 const NAME: &str = "mobilenet_v2_1.0_224_quant";
 const FILE: &str = "mobilenet_v2_1.0_224_quant.tflite";
 const SHA256: &str = "7aad0c74c5e3c06e5eb3c827e13304fdd68a83da6087d92ee169c24ff9fd4776";
+const LABELS: &str = "imagenet_labels.txt";
 
 /// What the server answers to every request.
 #[derive(Clone)]
@@ -38,8 +40,14 @@ struct Server {
 }
 
 impl Server {
-    /// Serves `reply` to at most 8 connections, then stops by itself.
+    /// Serves `reply` for the model and the real label file, to at most 8 connections, then
+    /// stops by itself.
     fn start(reply: Reply) -> Server {
+        Server::start_with(reply, Reply::Body(model_bytes(LABELS)))
+    }
+
+    /// `reply` for every path but the label file's, which gets `labels`.
+    fn start_with(reply: Reply, labels: Reply) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -47,7 +55,7 @@ impl Server {
         std::thread::spawn(move || {
             for stream in listener.incoming().take(8) {
                 let Ok(stream) = stream else { continue };
-                let _ = answer(stream, &reply, &log);
+                let _ = answer(stream, &reply, &labels, &log);
             }
         });
         Server { base, requests }
@@ -57,12 +65,32 @@ impl Server {
         format!("{}/models/{FILE}", self.base)
     }
 
+    /// Model requests (every path but the label file's), in arrival order.
     fn requests(&self) -> Vec<String> {
+        self.all_requests()
+            .into_iter()
+            .filter(|p| !p.ends_with(LABELS))
+            .collect()
+    }
+
+    fn label_requests(&self) -> Vec<String> {
+        self.all_requests()
+            .into_iter()
+            .filter(|p| p.ends_with(LABELS))
+            .collect()
+    }
+
+    fn all_requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 }
 
-fn answer(stream: TcpStream, reply: &Reply, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    model: &Reply,
+    labels: &Reply,
+    log: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -79,6 +107,11 @@ fn answer(stream: TcpStream, reply: &Reply, log: &Mutex<Vec<String>>) -> std::io
         .nth(1)
         .unwrap_or("")
         .to_string();
+    let reply = if path.ends_with(LABELS) {
+        labels
+    } else {
+        model
+    };
     log.lock().unwrap().push(path);
     let mut stream = stream;
     let head = |status: &str, len: usize| {
@@ -202,7 +235,13 @@ fn good_file_is_stored_verified_and_then_found() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let stored = s.cache.join(FILE);
     assert_eq!(sha256_hex(&stored), SHA256);
-    assert_eq!(files_under(&s.cache), vec![stored.clone()], "leftovers");
+    // The label file comes from beside the explicit URL, verified like the model.
+    let labels = s.cache.join(LABELS);
+    assert_eq!(sha256_hex(&labels), sha256_hex(&models_dir().join(LABELS)));
+    assert_eq!(server.label_requests(), vec![format!("/models/{LABELS}")]);
+    let mut stored_files = files_under(&s.cache);
+    stored_files.sort();
+    assert_eq!(stored_files, vec![labels, stored.clone()], "leftovers");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -233,6 +272,37 @@ fn good_file_is_stored_verified_and_then_found() {
         .unwrap();
     assert_eq!(entry["status"], "ok");
     assert_eq!(entry["path"], stored.display().to_string());
+
+    // After this one fetch, classify has what it needs: model and class names, from the cache.
+    let cat = models_dir().join("images/cat.bmp");
+    let out = fetch_cmd(&s, &["classify", "--top", "1", cat.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).contains("cat"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_bad_label_file_is_an_error_and_leaves_the_model() {
+    let server = Server::start_with(
+        Reply::Body(model_bytes(FILE)),
+        Reply::Body(b"background\nnot the imagenet labels\n".to_vec()),
+    );
+    let s = scratch();
+    let url = server.url();
+    let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("checksum mismatch") && err.contains(LABELS),
+        "{err}"
+    );
+    // The verified model stays; no partial label file.
+    assert_eq!(files_under(&s.cache), vec![s.cache.join(FILE)]);
+    assert!(stdout(&out).contains("downloaded"), "{}", stdout(&out));
 }
 
 #[test]
@@ -246,7 +316,7 @@ fn existing_verified_copy_skips_download_unless_forced() {
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &env);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stdout(&out).contains("already present"), "{}", stdout(&out));
-    assert!(server.requests().is_empty());
+    assert!(server.all_requests().is_empty());
     assert!(!s.cache.join(FILE).exists());
 
     let forced = fetch_cmd(
@@ -271,6 +341,7 @@ fn mirror_base_url_from_the_environment() {
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(server.requests(), vec![format!("/mirror/{FILE}")]);
+    assert_eq!(server.label_requests(), vec![format!("/mirror/{LABELS}")]);
     assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
 }
 
