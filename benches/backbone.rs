@@ -2,7 +2,8 @@
 //! median of warm batch-1 frames, for each runnable model file and precision, with each one's
 //! ratio against the first row (the default model in f32) measured in the same process.
 //!
-//! `cargo bench --bench backbone` (release profile). `BENCH_RUNS=N` changes the warm run count.
+//! `cargo bench --bench backbone` (release profile; `--features onnx` adds the ONNX reference
+//! files). `BENCH_RUNS=N` changes the warm run count.
 
 use std::time::{Duration, Instant};
 
