@@ -218,8 +218,9 @@ pub fn fetch(
     progress: &dyn FetchProgress,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Fetched, FetchError> {
-    let url = Item::model(spec).source_url(opts.url.as_deref())?;
-    fetch_item(&Item::model(spec), url, opts.force, progress, cancel)
+    let item = Item::model(spec);
+    let url = item.source_url(opts.url.as_deref())?;
+    fetch_item(&item, url, opts.force, progress, cancel)
 }
 
 /// Fetches the label file a model's class scores are named by (`classify` needs it), when the
