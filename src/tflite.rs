@@ -495,24 +495,24 @@ impl<'a> Builder<'a> {
         // Identity steps are skipped rather than left for the optimiser: this runs per frame.
         let mut x = x;
         if mul != 1.0 {
-            let m = self.konst(self.unique(&format!("{name}.mul")), tensor0(mul))?;
-            x = wire_with_rank_broadcast(
-                self.unique(&format!("{name}.scale")),
-                &mut self.target,
-                math::mul(),
-                &[x, m],
-            )?[0];
+            x = self.scalar_step(x, &format!("{name}.scale"), math::mul(), mul)?;
         }
         if add != 0.0 {
-            let a = self.konst(self.unique(&format!("{name}.add")), tensor0(add))?;
-            x = wire_with_rank_broadcast(
-                self.unique(&format!("{name}.shift")),
-                &mut self.target,
-                math::add(),
-                &[x, a],
-            )?[0];
+            x = self.scalar_step(x, &format!("{name}.shift"), math::add(), add)?;
         }
         Ok(x)
+    }
+
+    /// `op(x, value)` with a scalar constant broadcast to `x`'s rank.
+    fn scalar_step(
+        &mut self,
+        x: OutletId,
+        name: &str,
+        op: impl Into<Box<dyn TypedOp>>,
+        value: f32,
+    ) -> Result<OutletId, TfliteError> {
+        let c = self.konst(self.unique(&format!("{name}.value")), tensor0(value))?;
+        Ok(wire_with_rank_broadcast(self.unique(name), &mut self.target, op, &[x, c])?[0])
     }
 
     /// Tensor `i` as f32 real values: `offset × scale` in the f32 graph, a dequantize in the
