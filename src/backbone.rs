@@ -18,9 +18,9 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceMod
 
 #[cfg(feature = "onnx")]
 use crate::models::Layout;
-use crate::models::{InputDtype, ModelSpec, ResolvedModel, ScoresKind};
+use crate::models::{InputDtype, ModelFormat, ModelSpec, Precision, ResolvedModel, ScoresKind};
 use crate::preprocess;
-use crate::tflite::{self, Precision};
+use crate::tflite;
 
 /// Width of MobileNetV2 1.0's pooled feature vector.
 pub const EMBEDDING_DIM: usize = 1280;
@@ -97,10 +97,9 @@ impl Backbone {
             name: spec.name.clone(),
             reason,
         };
-        let built = if spec.format == "tflite" {
-            build_tflite_plan(&model.path, spec, with_scores, precision)
-        } else {
-            build_plan(&model.path, spec, with_scores).map(|plan| Built {
+        let built = match spec.format {
+            ModelFormat::Tflite => build_tflite_plan(&model.path, spec, with_scores, precision),
+            ModelFormat::Onnx => build_plan(&model.path, spec, with_scores).map(|plan| Built {
                 plan,
                 input_type: match spec.input.dtype {
                     InputDtype::U8 => DatumType::U8,
@@ -108,7 +107,7 @@ impl Backbone {
                 },
                 precision: None,
                 f32_fallbacks: Vec::new(),
-            })
+            }),
         }
         .map_err(|e| load_err(format!("{e:#}")))?;
         let labels = match (with_scores, model.labels_path()) {
@@ -116,7 +115,7 @@ impl Backbone {
             (true, Some(p)) => Some(read_labels(&p, spec.classes)?),
             (true, None) => {
                 return Err(BackboneError::Labels {
-                    path: spec.labels.clone(),
+                    path: spec.labels.clone().unwrap_or_default(),
                     reason: "not found next to the model or in the models directories".into(),
                 })
             }
@@ -360,18 +359,18 @@ fn build_plan(
         InputDtype::F32 => f32::datum_type(),
     };
     model.set_input_fact(0, InferenceFact::dt_shape(dt, shape))?;
-    let embedding = if spec.embedding.is_empty() {
-        find_global_pool(&model)?
-    } else {
-        spec.embedding.clone()
+    let embedding = match &spec.embedding {
+        Some(node) => node.clone(),
+        None => find_global_pool(&model)?,
     };
     let mut outputs = vec![embedding];
     if with_scores {
-        outputs.push(if spec.scores.is_empty() {
-            let out = model.output_outlets()?[0];
-            model.node(out.node).name.clone()
-        } else {
-            spec.scores.clone()
+        outputs.push(match &spec.scores {
+            Some(node) => node.clone(),
+            None => {
+                let out = model.output_outlets()?[0];
+                model.node(out.node).name.clone()
+            }
         });
     }
     model.select_outputs_by_name(&outputs)?;

@@ -1,21 +1,17 @@
-//! Per-board calibration: which precision and how many threads the backbone should use here.
+//! This board's calibration file: which precision and how many threads the backbone should use
+//! here, as measured by `edge-mnv2 calibrate` (see [`crate::calibrate`]).
 //!
-//! `edge-mnv2 calibrate` runs the model in every precision over a set of images, measures latency
-//! per thread count and agreement with f32 (embedding cosine, ImageNet top-1), and picks the
-//! fastest setting within the agreement budget. The result is a JSON file per board that
-//! `classify`, `embed`, `finetune` and `serve` read when no `--precision` is given.
+//! One JSON file per board (`calibration/<board>.json`, or `$EDGE_MNV2_CALIBRATION`), made with
+//! one model file; `classify`, `embed`, `finetune`, `predict` and `serve` follow its choice when no
+//! `--precision` is given and the model in use is that very file.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{cosine, top_k, Backbone};
-use crate::models::ResolvedModel;
-use crate::tflite::Precision;
-use crate::{dataset, fsutil, preprocess};
+use crate::fsutil;
+use crate::models::{Precision, ResolvedModel};
 
 pub const FORMAT: &str = "edge-mnv2-calibration";
 pub const VERSION: u32 = 1;
@@ -60,14 +56,6 @@ pub struct Calibration {
     #[serde(default)]
     pub int8_f32_layers: Vec<String>,
     pub choice: Choice,
-}
-
-pub struct CalibrateOptions {
-    pub images: Vec<PathBuf>,
-    pub threads: Vec<usize>,
-    /// Timed frames per (precision, threads).
-    pub runs: usize,
-    pub min_top1_agreement: f64,
 }
 
 /// This board's name: the device-tree model on ARM boards ("raspberry-pi-4-model-b-rev-1-4"),
@@ -118,53 +106,6 @@ pub fn default_path() -> PathBuf {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => Path::new("calibration").join(format!("{}.json", board_id())),
     }
-}
-
-/// The image list of a calibration folder (`images.txt`, paths relative to it), or every image
-/// under a folder that has no list.
-pub fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let list = dir.join("images.txt");
-    let mut images = Vec::new();
-    if list.is_file() {
-        let text = std::fs::read_to_string(&list)
-            .with_context(|| format!("reading {}", list.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let p = dir.join(line);
-            anyhow::ensure!(
-                p.is_file(),
-                "{}:{}: {} does not exist",
-                list.display(),
-                n + 1,
-                p.display()
-            );
-            images.push(p);
-        }
-    } else {
-        collect_images(dir, &mut images)?;
-        images.sort();
-    }
-    anyhow::ensure!(
-        !images.is_empty(),
-        "{}: no images to calibrate on (give a folder of images or an images.txt list)",
-        dir.display()
-    );
-    Ok(images)
-}
-
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_images(&path, out)?;
-        } else if dataset::is_image_path(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 impl Calibration {
@@ -232,150 +173,35 @@ impl Calibration {
     }
 }
 
-/// One precision's outputs on every calibration image.
-struct Pass {
-    embeddings: Vec<Vec<f32>>,
-    top1: Vec<Option<usize>>,
-}
-
-fn run_pass(backbone: &Backbone, frames: &[RgbImage]) -> Result<Pass> {
-    let mut embeddings = Vec::with_capacity(frames.len());
-    let mut top1 = Vec::with_capacity(frames.len());
-    for f in frames {
-        let out = backbone.run(f)?;
-        top1.push(out.scores.as_deref().map(|s| top_k(s, 1)[0].0));
-        embeddings.push(out.embedding);
+/// This board's calibrated choice for `model`, if there is a calibration file made with that very
+/// file. An explicit `$EDGE_MNV2_CALIBRATION` must exist; the default file may be absent.
+pub fn board_choice(model: &ResolvedModel) -> Result<Option<Choice>> {
+    let path = default_path();
+    let explicit = std::env::var_os(CALIBRATION_ENV).is_some_and(|v| !v.is_empty());
+    if !explicit && !path.is_file() {
+        return Ok(None);
     }
-    Ok(Pass { embeddings, top1 })
-}
-
-fn time_frames(backbone: &Backbone, frames: &[RgbImage], runs: usize) -> Result<(f64, f64)> {
-    backbone.run(&frames[0])?;
-    let mut times: Vec<Duration> = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let t = Instant::now();
-        std::hint::black_box(backbone.run(&frames[i % frames.len()])?);
-        times.push(t.elapsed());
-    }
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    Ok((
-        ms(times[times.len() / 2]),
-        ms(times[(times.len() * 9 / 10).min(times.len() - 1)]),
-    ))
-}
-
-pub fn check_calibratable(model: &ResolvedModel) -> Result<()> {
-    anyhow::ensure!(
-        model.spec.format == "tflite",
-        "model '{}' is an {} file: only TFLite files run in more than one precision",
-        model.spec.name,
-        model.spec.format
-    );
-    Ok(())
-}
-
-/// Measures every precision × thread count and picks the fastest within the budget.
-/// `report` receives each measurement as it is made (calibrating a slow precision takes a while).
-pub fn calibrate(
-    model: &ResolvedModel,
-    opts: &CalibrateOptions,
-    mut report: impl FnMut(&Measurement),
-) -> Result<Calibration> {
-    check_calibratable(model)?;
-    anyhow::ensure!(opts.runs >= 1, "--runs must be at least 1");
-    let frames: Vec<RgbImage> = opts
-        .images
-        .iter()
-        .map(|p| preprocess::load_rgb(p).map(|img| preprocess::fit(&img, model.spec.input.size)))
-        .collect::<Result<_, _>>()?;
-    let with_scores = model.spec.has_scores();
-    let mut threads = opts.threads.clone();
-    threads.sort_unstable();
-    threads.dedup();
-    threads.retain(|&t| t >= 1);
-    anyhow::ensure!(!threads.is_empty(), "no thread count to measure");
-    anyhow::ensure!(
-        cfg!(feature = "threads") || threads == [1],
-        "--threads {threads:?}: this build runs each frame on one thread (rebuild with \
-         `--features threads` to measure more)"
-    );
-
-    let mut reference: Option<Pass> = None;
-    let mut measurements = Vec::new();
-    let mut int8_f32_layers = Vec::new();
-    for precision in Precision::ALL {
-        let mut backbone = Backbone::load_with_precision(model, with_scores, precision)?;
-        if precision == Precision::Int8 {
-            int8_f32_layers = backbone.f32_fallbacks().to_vec();
+    let cal = Calibration::load(&path)?;
+    match cal.choice_for(model) {
+        Some(choice) => {
+            log::info!(
+                "{}: {} on {} thread(s)",
+                path.display(),
+                choice.precision,
+                choice.threads
+            );
+            Ok(Some(choice.clone()))
         }
-        let pass = run_pass(&backbone, &frames)?;
-        let reference = reference.get_or_insert_with(|| Pass {
-            embeddings: pass.embeddings.clone(),
-            top1: pass.top1.clone(),
-        });
-        let cosines: Vec<f64> = pass
-            .embeddings
-            .iter()
-            .zip(&reference.embeddings)
-            .map(|(a, b)| cosine(a, b) as f64)
-            .collect();
-        let cosine_min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
-        let cosine_mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
-        // Without class scores, agreement falls back to embedding nearness.
-        let top1_agreement = if with_scores {
-            let same = pass
-                .top1
-                .iter()
-                .zip(&reference.top1)
-                .filter(|(a, b)| a == b)
-                .count();
-            same as f64 / frames.len() as f64
-        } else {
-            cosines.iter().filter(|&&c| c >= 0.99).count() as f64 / frames.len() as f64
-        };
-        for &t in &threads {
-            backbone.set_threads(t);
-            let (median_ms, p90_ms) = time_frames(&backbone, &frames, opts.runs)?;
-            let m = Measurement {
-                precision,
-                threads: t,
-                median_ms,
-                p90_ms,
-                cosine_min,
-                cosine_mean,
-                top1_agreement,
-                within_budget: top1_agreement >= opts.min_top1_agreement,
-            };
-            report(&m);
-            measurements.push(m);
+        None => {
+            log::warn!(
+                "{}: made with another model file ({}); not used for {}",
+                path.display(),
+                cal.model,
+                model.spec.name
+            );
+            Ok(None)
         }
     }
-    let best = measurements
-        .iter()
-        .filter(|m| m.within_budget)
-        .min_by(|a, b| a.median_ms.total_cmp(&b.median_ms))
-        .expect("f32 agrees with itself, so it is always within budget");
-    let choice = Choice {
-        precision: best.precision,
-        threads: best.threads,
-    };
-    Ok(Calibration {
-        format: FORMAT.into(),
-        version: VERSION,
-        board: board_id(),
-        arch: std::env::consts::ARCH.into(),
-        cpu: cpu_name(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        model: model.spec.name.clone(),
-        model_sha256: model.sha256.clone(),
-        images: frames.len(),
-        runs: opts.runs,
-        min_top1_agreement: opts.min_top1_agreement,
-        measurements,
-        int8_f32_layers,
-        choice,
-    })
 }
 
 #[cfg(test)]

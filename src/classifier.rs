@@ -1,13 +1,15 @@
 //! A trained head on its backbone: image in, label out. What `predict`, `evaluate` and the
 //! service run for every image or frame.
 
+use std::collections::BTreeMap;
+
 use image::RgbImage;
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::backbone::{Backbone, BackboneError, EMBEDDING_DIM};
-use crate::features::PREPROCESS_VERSION;
 use crate::head::{argmax, BackboneRef, Head};
+use crate::preprocess::PREPROCESS_VERSION;
 
 #[derive(Debug, Error)]
 pub enum MismatchError {
@@ -61,6 +63,19 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// Each class's probability by class name, in name order (as every JSON output lists them).
+    pub fn probs_by_class<T>(
+        &self,
+        classes: &[String],
+        value: impl Fn(f32) -> T,
+    ) -> BTreeMap<String, T> {
+        classes
+            .iter()
+            .zip(&self.probs)
+            .map(|(class, &p)| (class.clone(), value(p)))
+            .collect()
+    }
+
     pub fn from_probs(head: &Head, probs: Vec<f32>) -> Prediction {
         let index = argmax(&probs);
         Prediction {

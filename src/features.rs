@@ -1,8 +1,10 @@
 //! Embeddings of a whole image set: decoded once, augmented views made, run through the frozen
 //! backbone on every core, and kept in an on-disk cache so a second run re-embeds nothing.
 //!
-//! A cache entry's key is the hash of (backbone sha256, image content sha256, preprocessing
-//! version, and for an augmented view: its parameters, the seed and the view index). Entries are
+//! A cache entry's key is the hash of (the backbone's embedding id — its file's sha256, plus the
+//! precision when that is not f32 —, image content sha256, preprocessing version, and for an
+//! augmented view: its parameters, the seed and the view index), so embeddings from other
+//! arithmetic are never reused. Entries are
 //! written atomically and carry their own checksum, so an interrupted run never leaves an entry
 //! that reads back wrong; a damaged entry is recomputed.
 
@@ -14,12 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::augment::{self, AugmentParams};
 use crate::backbone::{Backbone, EMBEDDING_DIM};
-use crate::{fsutil, preprocess};
-
-/// Bump when anything between file bytes and model input changes (decode, resize, augmentation
-/// maths), so stale cached embeddings are never reused.
-pub const PREPROCESS_VERSION: &str =
-    "decode+exif, rgb8, stretch-resize triangle; augment affine-reflect v1";
+use crate::fsutil;
+use crate::preprocess::{self, PREPROCESS_VERSION};
 
 /// Environment variable overriding the cache directory.
 pub const CACHE_ENV: &str = "EDGE_MNV2_CACHE";
@@ -60,12 +58,12 @@ impl Cache {
         Cache { dir }
     }
 
-    fn key(model_sha: &str, image_sha: &str, views: &ViewSpec, view: usize) -> String {
+    fn key(embedding_id: &str, image_sha: &str, views: &ViewSpec, view: usize) -> String {
         let mut h = Sha256::new();
         h.update(b"edge-mnv2 embedding\0");
         h.update(PREPROCESS_VERSION.as_bytes());
         h.update(b"\0");
-        h.update(model_sha.as_bytes());
+        h.update(embedding_id.as_bytes());
         h.update(b"\0");
         h.update(image_sha.as_bytes());
         if view > 0 {

@@ -36,6 +36,12 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum FetchError {
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    #[error(
+        "model '{name}' is converted locally and has no download URL; downloadable: {downloadable}"
+    )]
+    NotDownloadable { name: String, downloadable: String },
     #[error("model '{name}' has no download URL (it is derived locally from another file; see the README)")]
     NoUrl { name: String },
     #[error("model '{name}': no sha256 is pinned in the manifest, so a download of {url} could not be verified; download it yourself and pass --model PATH")]
@@ -117,8 +123,8 @@ struct Item<'a> {
     /// Model name for errors about the manifest entry.
     name: &'a str,
     file: &'a str,
-    sha256: &'a str,
-    url: &'a str,
+    sha256: Option<&'a str>,
+    url: Option<&'a str>,
 }
 
 impl<'a> Item<'a> {
@@ -127,8 +133,8 @@ impl<'a> Item<'a> {
             what: format!("model '{}'", spec.name),
             name: &spec.name,
             file: &spec.file,
-            sha256: &spec.sha256,
-            url: &spec.url,
+            sha256: spec.sha256.as_deref(),
+            url: spec.url.as_deref(),
         }
     }
 
@@ -137,8 +143,8 @@ impl<'a> Item<'a> {
             what: format!("label file '{}'", labels.file),
             name: &spec.name,
             file: &labels.file,
-            sha256: &labels.sha256,
-            url: &labels.url,
+            sha256: Some(&labels.sha256),
+            url: Some(&labels.url),
         }
     }
 
@@ -147,15 +153,15 @@ impl<'a> Item<'a> {
         if let Some(url) = explicit.filter(|u| !u.is_empty()) {
             return Ok(url.to_string());
         }
-        if self.url.is_empty() {
+        let Some(url) = self.url else {
             return Err(FetchError::NoUrl {
                 name: self.name.to_string(),
             });
-        }
+        };
         let mirror = std::env::var(BASE_URL_ENV).ok().filter(|b| !b.is_empty());
         Ok(match mirror {
             Some(base) => format!("{}/{}", base.trim_end_matches('/'), self.base_name()),
-            None => self.url.to_string(),
+            None => url.to_string(),
         })
     }
 
@@ -171,8 +177,50 @@ impl<'a> Item<'a> {
         models::locate_file(self.file)
             .into_iter()
             .map(|(path, _)| path)
-            .find(|path| models::sha256_file(path).is_ok_and(|sum| sum == self.sha256))
+            .find(|path| {
+                models::sha256_file(path).is_ok_and(|sum| Some(sum.as_str()) == self.sha256)
+            })
     }
+}
+
+/// The manifest models `models fetch --all` downloads: those with a URL and a pinned checksum.
+pub fn downloadable(manifest: &Manifest) -> Vec<&ModelSpec> {
+    manifest
+        .models
+        .iter()
+        .filter(|m| m.is_downloadable())
+        .collect()
+}
+
+/// What `models fetch` is asked for: every downloadable model (`all`), else `name` or the
+/// default. One model with no URL of its own is refused up front unless `explicit_url` stands in.
+pub fn select<'m>(
+    manifest: &'m Manifest,
+    name: Option<&str>,
+    all: bool,
+    explicit_url: bool,
+) -> Result<Vec<&'m ModelSpec>, FetchError> {
+    if all {
+        return Ok(downloadable(manifest));
+    }
+    let name = name.unwrap_or(&manifest.default);
+    let spec = manifest
+        .get(name)
+        .ok_or_else(|| models::ModelError::UnknownName {
+            name: name.to_string(),
+            known: manifest.known_names(),
+        })?;
+    if spec.url.is_none() && !explicit_url {
+        let names: Vec<&str> = downloadable(manifest)
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        return Err(FetchError::NotDownloadable {
+            name: spec.name.clone(),
+            downloadable: names.join(", "),
+        });
+    }
+    Ok(vec![spec])
 }
 
 /// The URL a model is fetched from: the explicit one, else the mirror's, else the manifest's.
@@ -254,12 +302,12 @@ fn fetch_item(
     progress: &dyn FetchProgress,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Fetched, FetchError> {
-    if item.sha256.is_empty() {
+    let Some(sha256) = item.sha256 else {
         return Err(FetchError::Unpinned {
             name: item.name.to_string(),
             url,
         });
-    }
+    };
     check_url(&url)?;
     if !force {
         if let Some(path) = item.find_verified() {
@@ -275,11 +323,11 @@ fn fetch_item(
         reason: format!("cannot create the model cache directory: {e}"),
     })?;
     let agent = agent();
-    let mut result = download_to(&agent, &url, item, &dest, progress, cancel);
+    let mut result = download_to(&agent, &url, item, sha256, &dest, progress, cancel);
     if result.as_ref().is_err_and(FetchError::is_transient) {
         log::warn!("{}; retrying once", result.as_ref().unwrap_err());
         std::thread::sleep(RETRY_DELAY);
-        result = download_to(&agent, &url, item, &dest, progress, cancel);
+        result = download_to(&agent, &url, item, sha256, &dest, progress, cancel);
     }
     let bytes = result?;
     Ok(Fetched::Downloaded {
@@ -305,6 +353,7 @@ fn download_to(
     agent: &ureq::Agent,
     url: &str,
     item: &Item,
+    sha256: &str,
     dest: &Path,
     progress: &dyn FetchProgress,
     cancel: &std::sync::atomic::AtomicBool,
@@ -406,12 +455,12 @@ fn download_to(
         });
     }
     let actual = hex::encode(hasher.finalize());
-    if actual != item.sha256 {
+    if actual != sha256 {
         return Err(FetchError::ChecksumMismatch {
             url: url.to_string(),
             name: item.what.clone(),
             actual,
-            expected: item.sha256.to_string(),
+            expected: sha256.to_string(),
         });
     }
     // tempfile creates 0600; a model is an ordinary readable file (other users, a service).

@@ -74,7 +74,7 @@ pub struct ModelInfo {
     pub sha256: String,
     /// The arithmetic the embeddings were made with (TFLite files only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub precision: Option<crate::tflite::Precision>,
+    pub precision: Option<crate::models::Precision>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,7 @@
 //! shuffled mini-batches, early stopping on validation loss with patience, best weights restored.
 //! Everything random comes from the seed, so the same data and seed give the same head.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
@@ -359,24 +359,27 @@ impl Head {
 
     /// Loads a head file, or `DIR/head.json` when given a directory.
     pub fn load(path: &Path) -> Result<Head, HeadError> {
-        let path = if path.is_dir() {
-            path.join(HEAD_FILE)
-        } else {
-            path.to_path_buf()
-        };
+        Ok(Head::read(path)?.head)
+    }
+
+    /// As [`Head::load`], keeping where the head came from and its file's checksum.
+    pub fn read(path: &Path) -> Result<HeadFile, HeadError> {
+        let path = head_file_path(path);
         let fail = |reason: String| HeadError::File {
             path: path.display().to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let bytes = std::fs::read(&path).map_err(|e| {
             fail(match e.kind() {
                 std::io::ErrorKind::NotFound => {
                     "no such file (train one with `edge-mnv2 finetune`)".into()
                 }
-                std::io::ErrorKind::InvalidData => "not an edge-mnv2 head file (not text)".into(),
                 _ => e.to_string(),
             })
         })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let text = String::from_utf8(bytes)
+            .map_err(|_| fail("not an edge-mnv2 head file (not text)".into()))?;
         let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
         let header: FileHeader =
             serde_json::from_str(first).map_err(|_| fail("not an edge-mnv2 head file".into()))?;
@@ -411,7 +414,25 @@ impl Head {
                 "inconsistent head file (array sizes do not match)".into(),
             ));
         }
-        Ok(head)
+        Ok(HeadFile { head, path, sha256 })
+    }
+}
+
+/// A head as read from its file: where it came from and the checksum of the file's bytes (what
+/// the service's health, logs and reloads name a head by).
+#[derive(Debug, Clone)]
+pub struct HeadFile {
+    pub head: Head,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// The head file a `--head` argument names: the file itself, or `DIR/head.json`.
+pub fn head_file_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(HEAD_FILE)
+    } else {
+        path.to_path_buf()
     }
 }
 

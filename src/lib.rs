@@ -1,25 +1,50 @@
 //! edge-mnv2: a frozen, ImageNet-pretrained MobileNetV2 (run by tract) turns images into
 //! embeddings; a small softmax head trained on the device turns embeddings into labels.
 //!
-//! - [`models`]: the model manifest, lookup and checksum verification.
-//! - [`fetch`]: `models fetch`, a verified, atomic model download into the user cache.
-//! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor.
-//! - [`backbone`]: image → 1280-d embedding (and ImageNet scores): `Backbone::embed`.
-//! - [`augment`]: random flip / rotation / zoom views for training.
-//! - [`dataset`]: a labelled folder and its deterministic splits.
-//! - [`features`]: embeddings of a whole image set, in parallel, with the on-disk cache.
-//! - [`head`]: embedding → label: `Head::predict`, `Head::train`, the head file.
-//! - [`metrics`]: held-out accuracy, per-class precision/recall/F1, confusion matrix.
-//! - [`classifier`]: backbone + head checked to belong together.
+//! Where a frame becomes an embedding: [`backbone::Backbone::embed`]. Where an embedding becomes
+//! a label: [`head::Head::predict`] (with the backbone: [`classifier::Classifier::predict`]).
+//! Where either is loaded: [`loader`].
+//!
+//! The modules, in layers: a module imports only from layers below its own (or beside it, without
+//! a cycle). `tests/layout.rs` checks this on every test run.
+//!
+//! The service:
+//! - [`serve`]: the classification service: frame slot, capture and inference loops, typed
+//!   results, Prometheus text, the config file, and the HTTP API (feature `http`).
+//!
+//! Jobs:
 //! - [`finetune`]: the `finetune` / `evaluate` jobs and their reports.
-//! - [`fsutil`]: atomic file writes.
+//! - [`calibrate`]: measures every precision × thread count here and picks this board's choice.
+//! - [`capture`]: saving frames as a labelled folder.
+//!
+//! Loading:
+//! - [`loader`]: model name or path + precision (or this board's calibration) → backbone; head
+//!   file → head, checked against its backbone. The one way either is loaded.
+//!
+//! Inference and data:
+//! - [`classifier`]: backbone + head checked to belong together; image → prediction.
+//! - [`features`]: embeddings of a whole image set, in parallel, with the on-disk cache.
+//! - [`backbone`]: image → 1280-d embedding (and ImageNet scores).
 //! - [`source`]: frame sources (folder, image, MJPEG stream file; V4L2 camera in `camera`) and
 //!   the decode every frame goes through.
-//! - [`serve`]: the classification service (capture → inference → JSON lines, HTTP in `http`).
-//! - [`capture`]: saving frames as a labelled folder.
+//!
+//! Foundations:
+//! - [`head`]: embedding → label: the softmax head, its training and its file.
+//! - [`dataset`]: a labelled folder and its deterministic splits.
+//! - [`augment`]: random flip / rotation / zoom views for training.
+//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8.
+//! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor; the
+//!   preprocessing version heads and cache entries record.
+//! - [`models`]: the model manifest, lookup and checksums; [`models::ModelFormat`] and
+//!   [`models::Precision`].
+//! - [`calibration`]: this board's calibration file (which precision and threads to use).
+//! - [`fetch`]: `models fetch`, a verified, atomic model download into the user cache.
+//! - [`metrics`]: held-out accuracy, per-class precision/recall/F1, confusion matrix.
+//! - [`fsutil`]: atomic file writes.
 
 pub mod augment;
 pub mod backbone;
+pub mod calibrate;
 pub mod calibration;
 #[cfg(feature = "camera")]
 pub mod camera;
@@ -33,6 +58,7 @@ pub mod fsutil;
 pub mod head;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod loader;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;

@@ -4,9 +4,11 @@
 //! [`search_dirs`]; every file's sha256 is checked against the manifest before it is used, so a
 //! truncated download or a wrong file is refused before tract ever parses it.
 
+use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -45,6 +47,80 @@ pub enum ModelError {
     UnknownFile { path: PathBuf, sha256: String },
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
+}
+
+/// The file format of a model: what reads it into a tract graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// Read by [`crate::tflite`] into tract-core ops; runs in any [`Precision`].
+    Tflite,
+    /// Read by tract-onnx (feature `onnx`); its arithmetic is the file's own.
+    Onnx,
+}
+
+impl ModelFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFormat::Tflite => "tflite",
+            ModelFormat::Onnx => "onnx",
+        }
+    }
+}
+
+impl fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the backbone's arithmetic is done on a TFLite file (see [`crate::tflite`]). A setting of
+/// the model, chosen by `--precision` or this board's calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float arithmetic on the dequantized weights.
+    F32,
+    /// 8-bit convolutions with the file's quantization (some layers in f32, see `tflite`).
+    Int8,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// One line on what the arithmetic is (the command line's help shows it).
+    pub fn description(self) -> &'static str {
+        match self {
+            Precision::F32 => "Float arithmetic on the dequantized weights",
+            Precision::Int8 => {
+                "8-bit convolutions with the file's quantization (some layers in f32, see module docs)"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Precision, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown precision '{s}'"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -86,15 +162,25 @@ pub struct InputSpec {
 pub struct ModelSpec {
     pub name: String,
     pub file: String,
-    pub sha256: String,
-    pub url: String,
+    /// The file's pinned checksum; `None` when we never had the file to pin it.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The official download; `None` for files derived locally from another.
+    #[serde(default)]
+    pub url: Option<String>,
     pub description: String,
-    pub format: String,
+    pub format: ModelFormat,
     pub input: InputSpec,
-    pub embedding: String,
-    pub scores: String,
+    /// The node whose output is the pooled feature map; `None`: found by structure.
+    #[serde(default)]
+    pub embedding: Option<String>,
+    /// The ImageNet class-score node; `None`: the graph's own output.
+    #[serde(default)]
+    pub scores: Option<String>,
     pub scores_kind: ScoresKind,
-    pub labels: String,
+    /// The label file of the class scores (relative to a models directory).
+    #[serde(default)]
+    pub labels: Option<String>,
     pub classes: usize,
     pub licence: String,
 }
@@ -103,6 +189,11 @@ impl ModelSpec {
     /// Whether the file carries ImageNet class scores (a full classifier) or only features.
     pub fn has_scores(&self) -> bool {
         self.classes > 0
+    }
+
+    /// Whether `models fetch` can download it: an official URL and a pinned checksum to verify.
+    pub fn is_downloadable(&self) -> bool {
+        self.url.is_some() && self.sha256.is_some()
     }
 }
 
@@ -140,7 +231,7 @@ impl Manifest {
     pub fn label_file_of(&self, spec: &ModelSpec) -> Option<&LabelFile> {
         self.label_files
             .iter()
-            .find(|l| !spec.labels.is_empty() && l.file == spec.labels)
+            .find(|l| spec.labels.as_deref() == Some(l.file.as_str()))
     }
 
     /// The model names, comma-separated, for error messages.
@@ -166,13 +257,11 @@ pub struct ResolvedModel {
 impl ResolvedModel {
     /// The label file for this model's class scores, if it has any.
     pub fn labels_path(&self) -> Option<PathBuf> {
-        if self.spec.labels.is_empty() {
-            return None;
-        }
+        let labels = self.spec.labels.as_ref()?;
         let mut dirs: Vec<PathBuf> = self.root.iter().cloned().collect();
         dirs.extend(search_dirs());
         dirs.into_iter()
-            .map(|d| d.join(&self.spec.labels))
+            .map(|d| d.join(labels))
             .find(|p| p.is_file())
     }
 }
@@ -251,19 +340,21 @@ fn verify(
     root: Option<PathBuf>,
 ) -> Result<ResolvedModel, ModelError> {
     let sha256 = sha256_file(path)?;
-    if spec.sha256.is_empty() {
-        log::warn!(
+    match &spec.sha256 {
+        None => log::warn!(
             "{}: model '{}' has no pinned checksum in the manifest; using it unverified (sha256 {sha256})",
             path.display(),
             spec.name
-        );
-    } else if sha256 != spec.sha256 {
-        return Err(ModelError::ChecksumMismatch {
-            path: path.to_path_buf(),
-            name: spec.name.clone(),
-            actual: sha256,
-            expected: spec.sha256.clone(),
-        });
+        ),
+        Some(expected) if *expected != sha256 => {
+            return Err(ModelError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                name: spec.name.clone(),
+                actual: sha256,
+                expected: expected.clone(),
+            })
+        }
+        Some(_) => {}
     }
     Ok(ResolvedModel {
         spec: spec.clone(),
@@ -312,7 +403,11 @@ fn resolve_path(manifest: &Manifest, path: &Path) -> Result<ResolvedModel, Model
         });
     }
     let sha256 = sha256_file(path)?;
-    if let Some(spec) = manifest.models.iter().find(|m| m.sha256 == sha256) {
+    if let Some(spec) = manifest
+        .models
+        .iter()
+        .find(|m| m.sha256.as_deref() == Some(sha256.as_str()))
+    {
         return Ok(ResolvedModel {
             spec: spec.clone(),
             path: path.to_path_buf(),
@@ -363,19 +458,14 @@ mod tests {
         let m = Manifest::builtin();
         assert!(m.get(&m.default).is_some());
         for spec in &m.models {
-            assert!(
-                ["onnx", "tflite"].contains(&spec.format.as_str()),
-                "{}",
-                spec.name
-            );
             // `models fetch` refuses unpinned downloads, and plain http is for tests only.
             assert!(
-                spec.url.is_empty() || spec.url.starts_with("https://"),
+                spec.url.as_ref().is_none_or(|u| u.starts_with("https://")),
                 "{}",
                 spec.name
             );
             assert!(
-                spec.sha256.is_empty() || spec.sha256.len() == 64,
+                spec.sha256.as_ref().is_none_or(|s| s.len() == 64),
                 "{}",
                 spec.name
             );
@@ -387,7 +477,7 @@ mod tests {
                 );
             }
             if spec.has_scores() {
-                assert!(!spec.labels.is_empty(), "{}", spec.name);
+                assert!(spec.labels.is_some(), "{}", spec.name);
             }
         }
         // Whoever fetches the default model can also `classify`: its labels are downloadable.
@@ -400,6 +490,14 @@ mod tests {
                 l.file
             );
         }
+    }
+
+    #[test]
+    fn precision_names_round_trip() {
+        for p in Precision::ALL {
+            assert_eq!(p.as_str().parse::<Precision>(), Ok(p));
+        }
+        assert!("f16".parse::<Precision>().is_err());
     }
 
     #[test]

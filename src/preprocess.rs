@@ -18,6 +18,13 @@ use tract_core::prelude::{tract_ndarray, Tensor};
 
 use crate::models::{InputDtype, InputSpec, Layout};
 
+/// What a head records of the pixels it was trained on, and part of every embedding-cache key:
+/// bump it when anything between file bytes and model input changes (decode, resize, augmentation
+/// maths), so a head is never run on pixels prepared differently and stale cached embeddings are
+/// never reused.
+pub const PREPROCESS_VERSION: &str =
+    "decode+exif, rgb8, stretch-resize triangle; augment affine-reflect v1";
+
 /// Images larger than this on either side are refused before decoding (a 20000×20000 RGB image
 /// would need 1.2 GB).
 pub const MAX_SIDE: u32 = 16_384;

@@ -20,9 +20,7 @@
 //! (the class logits; softmax is applied by the caller).
 
 use std::collections::HashMap;
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tract_tflite::internal::*;
 use tract_tflite::tflite as fb;
@@ -34,32 +32,8 @@ use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math;
 use tract_core::ops::nn::DataFormat;
 
-/// How the backbone's arithmetic is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Float arithmetic on the dequantized weights.
-    F32,
-    /// 8-bit convolutions with the file's quantization (some layers in f32, see module docs).
-    Int8,
-}
-
-impl Precision {
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Int8 => "int8",
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// Re-exported until the service moves to `crate::models::Precision`.
+pub use crate::models::Precision;
 
 #[derive(Debug, Error)]
 pub enum TfliteError {

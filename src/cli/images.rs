@@ -1,0 +1,155 @@
+//! `classify`, `embed` and `predict`: one line of output per image, going on past an image that
+//! fails (reported on its own line) and exiting 1 if any did.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use edge_mnv2::models::Precision;
+use edge_mnv2::{fsutil, loader, preprocess};
+
+use super::args::{ClassifyArgs, EmbedArgs, PredictArgs};
+use super::errors;
+
+// The JSON lines' fields are declared in name order: that is the order the outputs have always
+// had (serde_json's maps sort their keys), and scripts may compare lines as text.
+
+#[derive(Serialize)]
+struct ClassifyLine<'a> {
+    file: &'a Path,
+    model: &'a str,
+    precision: Option<Precision>,
+    threads: usize,
+    top: Vec<ClassScore<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClassScore<'a> {
+    index: usize,
+    label: &'a str,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct EmbedLine<'a> {
+    embedding: &'a [f32],
+    file: &'a Path,
+    model: &'a str,
+}
+
+#[derive(Serialize)]
+struct PredictLine<'a> {
+    confidence: f32,
+    file: &'a Path,
+    label: &'a str,
+    probs: BTreeMap<String, f32>,
+}
+
+/// Runs `f` on every image, printing each failure as an error line and going on.
+fn for_each_image(images: &[PathBuf], mut f: impl FnMut(&Path) -> Result<()>) -> ExitCode {
+    let mut failed = 0;
+    for path in images {
+        if let Err(e) = f(path) {
+            errors::print(&e);
+            failed += 1;
+        }
+    }
+    errors::failed_images(failed, images.len())
+}
+
+pub fn classify(args: &ClassifyArgs) -> Result<ExitCode> {
+    let backbone = loader::backbone(&args.model.choice(), true)?;
+    let stdout = std::io::stdout();
+    Ok(for_each_image(&args.images, |path| {
+        let img = preprocess::load_rgb(path)?;
+        let best = backbone.classify(&img, args.top)?;
+        let mut out = stdout.lock();
+        if args.json {
+            let line = ClassifyLine {
+                file: path,
+                model: backbone.name(),
+                precision: backbone.precision(),
+                threads: backbone.threads(),
+                top: best
+                    .iter()
+                    .map(|(index, label, score)| ClassScore {
+                        index: *index,
+                        label,
+                        score: *score,
+                    })
+                    .collect(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            writeln!(out, "{}", path.display())?;
+            for (i, label, p) in &best {
+                writeln!(out, "  {p:.4}  {i:>4}  {label}")?;
+            }
+        }
+        Ok(())
+    }))
+}
+
+pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
+    let out = args.out.as_deref();
+    if let Some(out) = out {
+        if out.is_dir() {
+            anyhow::bail!("{}: is a directory, expected an output file", out.display());
+        }
+    }
+    let backbone = loader::backbone(&args.model.choice(), false)?;
+    let mut text = String::new();
+    let stdout = std::io::stdout();
+    let code = for_each_image(&args.images, |path| {
+        let img = preprocess::load_rgb(path)?;
+        let embedding = backbone.embed(&img)?;
+        let line = if args.json {
+            serde_json::to_string(&EmbedLine {
+                embedding: &embedding,
+                file: path,
+                model: backbone.name(),
+            })?
+        } else {
+            let values: Vec<String> = embedding.iter().map(|v| v.to_string()).collect();
+            format!("{}\t{}", path.display(), values.join(" "))
+        };
+        match out {
+            Some(_) => {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            None => writeln!(stdout.lock(), "{line}")?,
+        }
+        Ok(())
+    });
+    if let Some(out) = out {
+        fsutil::write_atomic(out, text.as_bytes())?;
+    }
+    Ok(code)
+}
+
+pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
+    let c = loader::classifier(&args.head, &args.model.choice())?;
+    let stdout = std::io::stdout();
+    Ok(for_each_image(&args.images, |path| {
+        let img = preprocess::load_rgb(path)?;
+        let p = c.predict(&img)?;
+        let mut out = stdout.lock();
+        if args.json {
+            let line = PredictLine {
+                confidence: p.confidence,
+                file: path,
+                label: &p.label,
+                probs: p.probs_by_class(&c.head.classes, |v| v),
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            writeln!(out, "{}\t{}\t{:.4}", path.display(), p.label, p.confidence)?;
+        }
+        Ok(())
+    }))
+}

@@ -1,0 +1,96 @@
+//! The one way a backbone or a head is loaded: which model file, in which precision, on how many
+//! threads, and which head goes with it.
+//!
+//! Every command and the service come through here, so the rules live once:
+//! - the model is `--model` (a manifest name or a path), else the one a head was trained on,
+//!   else the manifest's default;
+//! - a TFLite backbone runs in the precision asked for, else the one this board's calibration
+//!   chose for that very file (with its thread count), else f32 on one thread;
+//! - a head is checked against the backbone it will run on before anything is classified.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::backbone::Backbone;
+use crate::calibration;
+use crate::classifier::{check_compatible, Classifier};
+use crate::head::{Head, HeadFile};
+use crate::models::{self, Manifest, ModelFormat, Precision, ResolvedModel};
+
+/// Which backbone to load: plain values, as a command line or a config file gives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackboneChoice {
+    /// A manifest name or a path; `None`: the default model (or, for a head, its own).
+    pub model: Option<String>,
+    /// The arithmetic; `None`: this board's calibration, else f32.
+    pub precision: Option<Precision>,
+}
+
+/// The model file `model` names (a manifest name, a path, or `None` for the default), verified.
+pub fn resolve(model: Option<&str>) -> Result<ResolvedModel> {
+    Ok(models::resolve(&Manifest::builtin(), model)?)
+}
+
+/// Loads the backbone `choice` names. `with_scores` keeps the ImageNet classifier layers
+/// (`classify`); without it the graph ends at the embedding.
+pub fn backbone(choice: &BackboneChoice, with_scores: bool) -> Result<Backbone> {
+    let resolved = resolve(choice.model.as_deref())?;
+    let calibrated = match resolved.spec.format {
+        ModelFormat::Tflite => calibration::board_choice(&resolved)?,
+        ModelFormat::Onnx => None,
+    };
+    let precision = choice
+        .precision
+        .or(calibrated.as_ref().map(|c| c.precision))
+        .unwrap_or(Precision::F32);
+    let mut backbone = backbone_in(&resolved, precision, with_scores)?;
+    // The calibrated thread count was measured for its own precision only.
+    if let Some(c) = calibrated.filter(|c| c.precision == precision) {
+        backbone.set_threads(c.threads);
+    }
+    Ok(backbone)
+}
+
+/// Loads `model` in exactly `precision` on one thread, whatever the board's calibration says
+/// (what `calibrate` measures with).
+pub fn backbone_in(
+    model: &ResolvedModel,
+    precision: Precision,
+    with_scores: bool,
+) -> Result<Backbone> {
+    Ok(Backbone::load_with_precision(
+        model,
+        with_scores,
+        precision,
+    )?)
+}
+
+/// A head and the backbone it was trained on (its recorded model unless `choice` names another),
+/// checked to belong together.
+pub fn classifier(head: &Path, choice: &BackboneChoice) -> Result<Classifier> {
+    let head = Head::read(head)?;
+    let backbone = backbone(&for_head(&head, choice), false)?;
+    Ok(Classifier::new(backbone, head.head)?)
+}
+
+/// `choice` with the model filled in from the head's record when it names none.
+pub fn for_head(head: &HeadFile, choice: &BackboneChoice) -> BackboneChoice {
+    BackboneChoice {
+        model: Some(
+            choice
+                .model
+                .clone()
+                .unwrap_or_else(|| head.head.backbone.name.clone()),
+        ),
+        precision: choice.precision,
+    }
+}
+
+/// Reads a head (a file, or the directory finetune wrote it to) for a backbone that is already
+/// running: what the service starts with and what a reload swaps in.
+pub fn head_for(path: &Path, backbone: &Backbone) -> Result<HeadFile> {
+    let head = Head::read(path)?;
+    check_compatible(&head.head, backbone).with_context(|| format!("{}", head.path.display()))?;
+    Ok(head)
+}
