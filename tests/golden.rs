@@ -8,7 +8,7 @@ use common::*;
 use edge_mnv2::backbone::{cosine, Backbone};
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::preprocess;
-use edge_mnv2::tflite::Precision;
+use edge_mnv2::models::Precision;
 
 #[cfg(feature = "onnx")]
 fn backbone(name: &str, with_scores: bool) -> Backbone {

@@ -15,8 +15,9 @@ use edge_mnv2::{fsutil, loader, preprocess};
 use super::args::{ClassifyArgs, EmbedArgs, PredictArgs};
 use super::errors;
 
-// The JSON lines' fields are declared in name order: that is the order the outputs have always
-// had (serde_json's maps sort their keys), and scripts may compare lines as text.
+// The JSON lines' fields are declared in name order, and their f32 values widened to f64: that is
+// how the outputs have always been printed (through serde_json's `Value`, whose maps sort their
+// keys and whose numbers are f64), and scripts may compare lines as text.
 
 #[derive(Serialize)]
 struct ClassifyLine<'a> {
@@ -31,22 +32,22 @@ struct ClassifyLine<'a> {
 struct ClassScore<'a> {
     index: usize,
     label: &'a str,
-    score: f32,
+    score: f64,
 }
 
 #[derive(Serialize)]
 struct EmbedLine<'a> {
-    embedding: &'a [f32],
+    embedding: Vec<f64>,
     file: &'a Path,
     model: &'a str,
 }
 
 #[derive(Serialize)]
 struct PredictLine<'a> {
-    confidence: f32,
+    confidence: f64,
     file: &'a Path,
     label: &'a str,
-    probs: BTreeMap<String, f32>,
+    probs: BTreeMap<String, f64>,
 }
 
 /// Runs `f` on every image, printing each failure as an error line and going on.
@@ -79,7 +80,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<ExitCode> {
                     .map(|(index, label, score)| ClassScore {
                         index: *index,
                         label,
-                        score: *score,
+                        score: f64::from(*score),
                     })
                     .collect(),
             };
@@ -109,7 +110,7 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
         let embedding = backbone.embed(&img)?;
         let line = if args.json {
             serde_json::to_string(&EmbedLine {
-                embedding: &embedding,
+                embedding: embedding.iter().map(|&v| f64::from(v)).collect(),
                 file: path,
                 model: backbone.name(),
             })?
@@ -141,10 +142,10 @@ pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
         let mut out = stdout.lock();
         if args.json {
             let line = PredictLine {
-                confidence: p.confidence,
+                confidence: f64::from(p.confidence),
                 file: path,
                 label: &p.label,
-                probs: p.probs_by_class(&c.head.classes, |v| v),
+                probs: p.probs_by_class(&c.head.classes, f64::from),
             };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         } else {
