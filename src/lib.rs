@@ -21,8 +21,6 @@
 pub mod augment;
 pub mod backbone;
 pub mod calibration;
-#[cfg(feature = "camera")]
-pub mod camera;
 pub mod capture;
 pub mod classifier;
 pub mod dataset;

@@ -15,6 +15,11 @@ use thiserror::Error;
 
 use crate::preprocess::{self, ImageError, MAX_SIDE, MIN_SIDE};
 
+#[cfg(feature = "camera")]
+mod v4l2;
+#[cfg(feature = "camera")]
+pub use v4l2::V4l2Source;
+
 /// A JPEG bigger than this inside an MJPEG stream is treated as corrupt rather than read into
 /// memory without end (a 4K MJPEG frame is well under 4 MiB).
 pub const MAX_JPEG_FRAME: usize = 32 * 1024 * 1024;
@@ -489,7 +494,7 @@ impl SourceSpec {
             SourceSpec::Files(p) => Ok(Box::new(FileSource::open(p, looping)?)),
             SourceSpec::Mjpeg(p) => Ok(Box::new(MjpegFileSource::open(p, looping)?)),
             #[cfg(feature = "camera")]
-            SourceSpec::Camera(p) => Ok(Box::new(crate::camera::V4l2Source::open(p, camera)?)),
+            SourceSpec::Camera(p) => Ok(Box::new(v4l2::V4l2Source::open(p, camera)?)),
             #[cfg(not(feature = "camera"))]
             SourceSpec::Camera(p) => {
                 let _ = camera;
