@@ -15,6 +15,11 @@ use thiserror::Error;
 
 use crate::preprocess::{self, ImageError, MAX_SIDE, MIN_SIDE};
 
+mod frame;
+
+use frame::{io_reason, open_error};
+pub use frame::{CameraSettings, FramePixels, FrameSource, RawFrame, SourceError};
+
 #[cfg(feature = "camera")]
 mod v4l2;
 #[cfg(feature = "camera")]
@@ -26,55 +31,6 @@ pub const MAX_JPEG_FRAME: usize = 32 * 1024 * 1024;
 
 /// File extensions the folder source picks up (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "jfif"];
-
-#[derive(Debug, Error)]
-pub enum SourceError {
-    /// Opening failed; `reason` says why in terms a user can act on.
-    #[error("{source_name}: {reason}")]
-    Open { source_name: String, reason: String },
-    /// A frame could not be read (device unplugged, file vanished, stream corrupt).
-    #[error("{source_name}: {reason}")]
-    Read { source_name: String, reason: String },
-    /// The source has no more frames (only a non-looping source ends).
-    #[error("{0}: end of stream")]
-    End(String),
-}
-
-/// The pixels of one frame as the source delivered them.
-#[derive(Debug, Clone)]
-pub enum FramePixels {
-    /// A complete encoded image (JPEG from an MJPEG camera or stream, or any image file).
-    Encoded(Vec<u8>),
-    /// Packed YUYV 4:2:2 (Y0 U Y1 V per two pixels), `stride` bytes per row.
-    Yuyv {
-        width: u32,
-        height: u32,
-        stride: u32,
-        data: Vec<u8>,
-    },
-}
-
-/// One frame and where it came from.
-#[derive(Debug, Clone)]
-pub struct RawFrame {
-    pub pixels: FramePixels,
-    /// What to call the frame in results and errors: a file path, or the device and its sequence.
-    pub name: String,
-    /// When the source handed it out (latency is measured from here).
-    pub captured: Instant,
-}
-
-pub trait FrameSource: Send {
-    /// Blocks until the next frame is available.
-    fn next_frame(&mut self) -> Result<RawFrame, SourceError>;
-    /// A short human description ("/dev/video0 640x480 MJPG @ 15 fps", "folder X (24 images)").
-    fn describe(&self) -> String;
-    /// Whether frames arrive at their own pace (a camera) rather than as fast as they are asked
-    /// for (a file); the service paces the latter only when told an fps.
-    fn is_live(&self) -> bool {
-        false
-    }
-}
 
 /// Decodes a raw frame to RGB8; every source's frames pass through here.
 pub fn decode_frame(frame: &RawFrame) -> Result<RgbImage, ImageError> {
@@ -279,21 +235,6 @@ fn list_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn open_error(path: &Path, reason: impl Into<String>) -> SourceError {
-    SourceError::Open {
-        source_name: path.display().to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        ErrorKind::NotFound => "no such file or directory".into(),
-        ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
-}
-
 /// A folder of images (sorted, recursive) or a single image, replayed in a loop.
 pub struct FileSource {
     root: PathBuf,
@@ -442,24 +383,6 @@ pub enum SourceSpec {
     Files(PathBuf),
     /// A `.mjpeg`/`.mjpg` file of concatenated JPEGs.
     Mjpeg(PathBuf),
-}
-
-/// Resolution and rate asked of a camera.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CameraSettings {
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-}
-
-impl Default for CameraSettings {
-    fn default() -> Self {
-        CameraSettings {
-            width: 640,
-            height: 480,
-            fps: 15,
-        }
-    }
 }
 
 impl SourceSpec {
