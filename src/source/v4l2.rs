@@ -2,8 +2,9 @@
 //! resolution and rate, and stream through memory-mapped buffers.
 //!
 //! Frames leave here raw (JPEG bytes or packed YUYV) and are decoded by
-//! [`decode_frame`](super::decode_frame), the path file sources use too. Errors are phrased for the
-//! person at the board: missing device, busy device, missing permission, no usable format.
+//! [`decode_frame`](super::decode::decode_frame), the path file sources use too. Errors are
+//! phrased for the person at the board: missing device, busy device, missing permission, no
+//! usable format.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
