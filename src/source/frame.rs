@@ -92,3 +92,15 @@ pub(super) fn io_reason(e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+/// Test helper: a JPEG of one flat colour. Here because the splitter, folder and factory tests all
+/// need one, and every source file may depend on frame.rs without forming a cycle.
+#[cfg(test)]
+pub(super) fn jpeg_of(colour: [u8; 3], w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(colour));
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+        .encode_image(&img)
+        .unwrap();
+    out
+}
