@@ -4,19 +4,24 @@
 //!
 //! A source hands out *raw* frames (compressed bytes or packed YUYV). Decoding happens later, in
 //! the consumer, so that a frame dropped under load costs a copy, not a JPEG decode.
+//!
+//! This file is the factory ([`SourceSpec`]) and the public face of the module: the parts live in
+//! child files and are re-exported here. The children depend only on `frame` (a test also on
+//! `decode`), never on this file, so opening a camera from the factory forms no import cycle.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 mod decode;
 mod files;
 mod frame;
 mod mjpeg;
+mod pacer;
 
 pub use decode::{decode_frame, yuyv_to_rgb};
 pub use files::FileSource;
 pub use frame::{CameraSettings, FramePixels, FrameSource, RawFrame, SourceError};
 pub use mjpeg::{next_jpeg, MjpegFileSource, SplitError, MAX_JPEG_FRAME};
+pub use pacer::Pacer;
 
 #[cfg(feature = "camera")]
 mod v4l2;
@@ -79,34 +84,6 @@ impl SourceSpec {
     }
 }
 
-/// Sleeps so that successive calls are at least `1/fps` apart (no-op for `fps == 0`).
-pub struct Pacer {
-    period: Option<Duration>,
-    next: Option<Instant>,
-}
-
-impl Pacer {
-    pub fn new(fps: f64) -> Pacer {
-        Pacer {
-            period: (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps)),
-            next: None,
-        }
-    }
-
-    /// How long to wait before the next frame is due (zero when due or unpaced), and books it.
-    pub fn wait_time(&mut self) -> Duration {
-        let Some(period) = self.period else {
-            return Duration::ZERO;
-        };
-        let now = Instant::now();
-        let due = self.next.unwrap_or(now);
-        // After a long stall, restart the schedule instead of bursting to catch up.
-        let due = if now > due + period * 4 { now } else { due };
-        self.next = Some(due + period);
-        due.saturating_duration_since(now)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::frame::jpeg_of;
@@ -141,17 +118,5 @@ mod tests {
             SourceSpec::Mjpeg("a.MJPG".into())
         );
         assert_eq!(SourceSpec::parse("dir"), SourceSpec::Files("dir".into()));
-    }
-
-    #[test]
-    fn pacer_spaces_frames() {
-        let mut p = Pacer::new(100.0);
-        assert_eq!(p.wait_time(), Duration::ZERO);
-        let w = p.wait_time();
-        assert!(
-            w > Duration::from_millis(5) && w <= Duration::from_millis(10),
-            "{w:?}"
-        );
-        assert_eq!(Pacer::new(0.0).wait_time(), Duration::ZERO);
     }
 }
