@@ -46,8 +46,6 @@ pub mod augment;
 pub mod backbone;
 pub mod calibrate;
 pub mod calibration;
-#[cfg(feature = "camera")]
-pub mod camera;
 pub mod capture;
 pub mod classifier;
 pub mod dataset;

@@ -2,8 +2,9 @@
 //! resolution and rate, and stream through memory-mapped buffers.
 //!
 //! Frames leave here raw (JPEG bytes or packed YUYV) and are decoded by
-//! [`crate::source::decode_frame`], the path file sources use too. Errors are phrased for the
-//! person at the board: missing device, busy device, missing permission, no usable format.
+//! [`decode_frame`](super::decode::decode_frame), the path file sources use too. Errors are
+//! phrased for the person at the board: missing device, busy device, missing permission, no
+//! usable format.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, Format, FourCC};
 
-use crate::source::{CameraSettings, FramePixels, FrameSource, RawFrame, SourceError};
+use super::frame::{CameraSettings, FramePixels, FrameSource, RawFrame, SourceError};
 
 const MJPEG: [u8; 4] = *b"MJPG";
 const YUYV: [u8; 4] = *b"YUYV";
