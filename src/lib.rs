@@ -25,7 +25,7 @@
 //! - [`classifier`]: backbone + head checked to belong together; image → prediction.
 //! - [`features`]: embeddings of a whole image set, in parallel, with the on-disk cache.
 //! - [`backbone`]: image → 1280-d embedding (and ImageNet scores).
-//! - [`source`]: frame sources (folder, image, MJPEG stream file; V4L2 camera in `camera`) and
+//! - [`source`]: frame sources (folder, image, MJPEG stream file; V4L2 camera with the `camera` feature) and
 //!   the decode every frame goes through.
 //!
 //! Foundations:
