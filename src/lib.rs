@@ -31,8 +31,6 @@ pub mod fetch;
 pub mod finetune;
 pub mod fsutil;
 pub mod head;
-#[cfg(feature = "http")]
-pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;

@@ -25,6 +25,9 @@ use crate::classifier::{check_compatible, Prediction};
 use crate::head::{Head, HEAD_FILE};
 use crate::source::{decode_frame, CameraSettings, Pacer, RawFrame, SourceError, SourceSpec};
 
+#[cfg(feature = "http")]
+pub mod http;
+
 /// The label reported when the most probable class is below the confidence threshold.
 pub const UNKNOWN_LABEL: &str = "unknown";
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -576,7 +579,7 @@ pub fn run(backbone: Backbone, opts: &ServeOptions) -> anyhow::Result<ServeSumma
     let mut threads = Vec::new();
     #[cfg(feature = "http")]
     if let Some(addr) = &opts.listen {
-        let (bound, handle) = crate::http::spawn(svc.clone(), addr)?;
+        let (bound, handle) = http::spawn(svc.clone(), addr)?;
         log::info!("listening on http://{bound}");
         threads.push(handle);
     }
