@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -23,10 +23,14 @@ use sha2::{Digest, Sha256};
 use crate::backbone::Backbone;
 use crate::classifier::{check_compatible, Prediction};
 use crate::head::{Head, HEAD_FILE};
-use crate::source::{decode_frame, CameraSettings, Pacer, RawFrame, SourceError, SourceSpec};
+use crate::source::{decode_frame, CameraSettings, Pacer, SourceError, SourceSpec};
 
 #[cfg(feature = "http")]
 pub mod http;
+mod slot;
+
+pub use slot::{Captured, FrameSlot};
+use slot::lock;
 
 /// The label reported when the most probable class is below the confidence threshold.
 pub const UNKNOWN_LABEL: &str = "unknown";
@@ -37,68 +41,6 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often blocked threads look at the stop flag; bounds the shutdown time.
 const POLL: Duration = Duration::from_millis(100);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another thread must not take the service down with poisoned locks.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A captured frame and its sequence number (gaps mean dropped frames).
-pub struct Captured {
-    pub seq: u64,
-    pub frame: RawFrame,
-}
-
-/// The one-frame mailbox between capture and inference.
-#[derive(Default)]
-pub struct FrameSlot {
-    state: Mutex<SlotState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct SlotState {
-    frame: Option<Captured>,
-    /// The consumer is blocked in `take` (lets a replay read the next file only when it is wanted,
-    /// so its latency is not inflated by a frame sitting in the slot).
-    consumer_waiting: bool,
-}
-
-impl FrameSlot {
-    /// Stores `frame`, replacing an untaken one; returns whether one was replaced (a drop).
-    pub fn put(&self, frame: Captured) -> bool {
-        let replaced = lock(&self.state).frame.replace(frame).is_some();
-        self.changed.notify_all();
-        replaced
-    }
-
-    /// Takes the frame, waiting up to `timeout` for one.
-    pub fn take(&self, timeout: Duration) -> Option<Captured> {
-        let mut guard = lock(&self.state);
-        if guard.frame.is_none() {
-            guard.consumer_waiting = true;
-            self.changed.notify_all();
-            guard = self
-                .changed
-                .wait_timeout_while(guard, timeout, |s| s.frame.is_none())
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            guard.consumer_waiting = false;
-        }
-        guard.frame.take()
-    }
-
-    /// Waits up to `timeout` until the slot is empty and the consumer is waiting for a frame;
-    /// returns whether it is.
-    pub fn wait_wanted(&self, timeout: Duration) -> bool {
-        let guard = lock(&self.state);
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |s| s.frame.is_some() || !s.consumer_waiting)
-            .unwrap_or_else(|p| p.into_inner());
-        guard.frame.is_none() && guard.consumer_waiting
-    }
-}
 
 /// Cumulative Prometheus-style histogram.
 #[derive(Debug, Clone, Default)]
@@ -722,43 +664,6 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::FramePixels;
-
-    fn frame(seq: u64) -> Captured {
-        Captured {
-            seq,
-            frame: RawFrame {
-                pixels: FramePixels::Encoded(vec![]),
-                name: format!("f{seq}"),
-                captured: Instant::now(),
-            },
-        }
-    }
-
-    #[test]
-    fn slot_keeps_only_the_newest_frame_and_reports_drops() {
-        let slot = FrameSlot::default();
-        assert!(!slot.put(frame(1)));
-        assert!(slot.put(frame(2)));
-        assert!(slot.put(frame(3)));
-        assert_eq!(slot.take(Duration::ZERO).unwrap().seq, 3);
-        assert!(slot.take(Duration::from_millis(10)).is_none());
-        // Nobody is waiting in `take` now: a replay would not read ahead.
-        assert!(!slot.wait_wanted(Duration::from_millis(10)));
-    }
-
-    #[test]
-    fn slot_wakes_a_waiting_consumer() {
-        let slot = Arc::new(FrameSlot::default());
-        let s = slot.clone();
-        let t = std::thread::spawn(move || s.take(Duration::from_secs(5)).map(|c| c.seq));
-        assert!(
-            slot.wait_wanted(Duration::from_secs(5)),
-            "consumer is waiting"
-        );
-        slot.put(frame(7));
-        assert_eq!(t.join().unwrap(), Some(7));
-    }
 
     #[test]
     fn histogram_is_cumulative() {
