@@ -1,288 +1,52 @@
 //! The classification service: a capture thread, an inference thread and (feature `http`) an HTTP
-//! thread around one [`Service`].
+//! thread around one [`Service`]. This file starts and stops them ([`run`]: threads, signals,
+//! systemd notifications) and holds the two frame loops; the parts live in the submodules:
 //!
-//! Frames meet in a single-slot mailbox ([`FrameSlot`]): the capture thread overwrites whatever
-//! the inference thread has not taken yet (counting a drop), so under load the newest frame is
-//! always the next one classified and memory never grows with a backlog. A file source without an
-//! `fps` instead reads a frame only when inference asks for one (an offline replay: every frame,
-//! no drops).
+//! - `slot`: the one-frame mailbox ([`FrameSlot`]) between capture and inference.
+//! - `service`: [`Service`] (head, classification, health) and its typed results.
+//! - `prometheus`: the counters and their `/metrics` text.
+//! - `config`: the TOML config file ([`ServeConfig`]).
+//! - [`http`]: the HTTP API (feature `http`).
+//!
+//! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
+//! `service` → `slot`, `prometheus`.
+//!
+//! Frames meet in a single-slot mailbox: the capture thread overwrites whatever the inference
+//! thread has not taken yet (counting a drop), so under load the newest frame is always the next
+//! one classified and memory never grows with a backlog. A file source without an `fps` instead
+//! reads a frame only when inference asks for one (an offline replay: every frame, no drops).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use image::RgbImage;
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::backbone::Backbone;
-use crate::classifier::{check_compatible, Prediction};
-use crate::head::{Head, HEAD_FILE};
-use crate::source::{decode_frame, CameraSettings, Pacer, SourceError, SourceSpec};
+use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
 
+mod config;
 #[cfg(feature = "http")]
 pub mod http;
-mod config;
 mod prometheus;
+mod service;
 mod slot;
 
 pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
-use prometheus::Stats;
+use service::head_file;
+pub use service::{
+    load_head, FrameResult, HeadHealth, Health, ImagePrediction, LoadedHead, ServeOptions, Service,
+    UNKNOWN_LABEL,
+};
 pub use slot::{Captured, FrameSlot};
-use slot::lock;
 
-/// The label reported when the most probable class is below the confidence threshold.
-pub const UNKNOWN_LABEL: &str = "unknown";
 /// First and largest wait between attempts to reopen a failed source.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often blocked threads look at the stop flag; bounds the shutdown time.
 const POLL: Duration = Duration::from_millis(100);
-
-#[derive(Debug, Clone)]
-enum SourceState {
-    Starting,
-    Up(String),
-    Down(String),
-}
-
-/// A head with the checksum of the file it came from (what /healthz and the logs show).
-pub struct LoadedHead {
-    pub head: Head,
-    pub sha256: String,
-}
-
-fn head_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join(HEAD_FILE)
-    } else {
-        path.to_path_buf()
-    }
-}
-
-/// Loads a head and checks it runs on `backbone`; what both start-up and reload use.
-pub fn load_head(path: &Path, backbone: &Backbone) -> anyhow::Result<LoadedHead> {
-    let file = head_file(path);
-    let bytes = std::fs::read(&file).with_context(|| format!("{}: reading", file.display()))?;
-    let head = Head::load(&file)?;
-    check_compatible(&head, backbone).with_context(|| format!("{}", file.display()))?;
-    Ok(LoadedHead {
-        head,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-    })
-}
-
-/// Everything `serve` is told (flags merged over the config file).
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub head: PathBuf,
-    pub source: SourceSpec,
-    pub camera: CameraSettings,
-    /// Pace file sources to this rate (like a camera, dropping frames under load); `None` replays
-    /// them as fast as inference takes them.
-    pub fps: Option<f64>,
-    pub threshold: f32,
-    /// Stop after this many classified frames.
-    pub max_frames: Option<u64>,
-    /// HTTP listen address; `None` for no HTTP server.
-    pub listen: Option<String>,
-}
-
-pub struct Service {
-    backbone: Backbone,
-    head: RwLock<Arc<LoadedHead>>,
-    head_path: PathBuf,
-    reload_lock: Mutex<()>,
-    pub threshold: f32,
-    pub slot: FrameSlot,
-    stats: Mutex<Stats>,
-    latest: Mutex<Option<Value>>,
-    source_state: Mutex<SourceState>,
-    source_name: String,
-    started: Instant,
-    /// Last time the inference thread went round its loop (for the systemd watchdog).
-    heartbeat: Mutex<Instant>,
-    pub stop: AtomicBool,
-}
-
-fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
-    (x * p).round() / p
-}
-
-impl Service {
-    pub fn new(backbone: Backbone, head: LoadedHead, opts: &ServeOptions) -> Service {
-        Service {
-            backbone,
-            head: RwLock::new(Arc::new(head)),
-            head_path: opts.head.clone(),
-            reload_lock: Mutex::new(()),
-            threshold: opts.threshold,
-            slot: FrameSlot::default(),
-            stats: Mutex::new(Stats::default()),
-            latest: Mutex::new(None),
-            source_state: Mutex::new(SourceState::Starting),
-            source_name: opts.source.path().display().to_string(),
-            started: Instant::now(),
-            heartbeat: Mutex::new(Instant::now()),
-            stop: AtomicBool::new(false),
-        }
-    }
-
-    pub fn head(&self) -> Arc<LoadedHead> {
-        self.head.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Reloads the head from its path; a head that fails to load or does not fit the backbone is
-    /// refused and the running one stays. Returns the new head's sha256.
-    pub fn reload_head(&self) -> anyhow::Result<String> {
-        let _one_at_a_time = lock(&self.reload_lock);
-        match load_head(&self.head_path, &self.backbone) {
-            Ok(new) => {
-                let sha = new.sha256.clone();
-                log::info!(
-                    "head reloaded from {}: classes {:?}, sha256 {}",
-                    self.head_path.display(),
-                    new.head.classes,
-                    sha
-                );
-                *self.head.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-                lock(&self.stats).reloads_ok += 1;
-                Ok(sha)
-            }
-            Err(e) => {
-                let old = self.head().sha256.clone();
-                log::error!("head reload refused, keeping head sha256 {old}: {e:#}");
-                lock(&self.stats).reloads_refused += 1;
-                Err(e)
-            }
-        }
-    }
-
-    /// Classifies one decoded image with the current head; the JSON fields every result shares.
-    pub fn predict(&self, img: &RgbImage) -> anyhow::Result<Value> {
-        let head = self.head();
-        let embedding = self.backbone.embed(img)?;
-        let p = Prediction::from_probs(&head.head, head.head.predict(&embedding));
-        let label = if p.confidence < self.threshold {
-            UNKNOWN_LABEL.to_string()
-        } else {
-            p.label.clone()
-        };
-        let probs: serde_json::Map<String, Value> = head
-            .head
-            .classes
-            .iter()
-            .zip(&p.probs)
-            .map(|(k, v)| (k.clone(), json!(round(*v as f64, 6))))
-            .collect();
-        Ok(json!({
-            "label": label,
-            "confidence": round(p.confidence as f64, 6),
-            "probs": probs,
-            "head": head.sha256,
-        }))
-    }
-
-    /// Decodes and classifies a captured frame; records it in the statistics and as the latest.
-    pub fn classify_frame(&self, captured: &Captured) -> anyhow::Result<Value> {
-        let img = decode_frame(&captured.frame)?;
-        let mut result = self.predict(&img)?;
-        let latency = captured.frame.captured.elapsed().as_secs_f64();
-        let label = result["label"].as_str().unwrap_or_default().to_string();
-        let fields = result.as_object_mut().expect("predict returns an object");
-        fields.insert("ts".into(), json!(round(unix_time(), 3)));
-        fields.insert("frame".into(), json!(captured.seq));
-        fields.insert("source".into(), json!(captured.frame.name));
-        fields.insert("latency_ms".into(), json!(round(latency * 1e3, 2)));
-        {
-            let mut s = lock(&self.stats);
-            s.classified += 1;
-            *s.per_class.entry(label).or_default() += 1;
-            s.latency.observe(latency);
-            fields.insert("dropped".into(), json!(s.dropped));
-        }
-        *lock(&self.latest) = Some(result.clone());
-        Ok(result)
-    }
-
-    pub fn latest(&self) -> Option<Value> {
-        lock(&self.latest).clone()
-    }
-
-    pub fn frame_failed(&self, name: &str, e: &anyhow::Error) {
-        lock(&self.stats).frame_errors += 1;
-        log::warn!("frame {name} skipped: {e:#}");
-    }
-
-    fn set_source_state(&self, state: SourceState) {
-        *lock(&self.source_state) = state;
-    }
-
-    /// (healthy, JSON body) for /healthz.
-    pub fn health(&self) -> (bool, Value) {
-        let head = self.head();
-        let s = lock(&self.stats);
-        let (ok, status, reason) = match &*lock(&self.source_state) {
-            SourceState::Up(d) => (true, "ok", json!(d)),
-            SourceState::Starting => (false, "degraded", json!("source is starting")),
-            SourceState::Down(r) => (false, "degraded", json!(r)),
-        };
-        let mut body = json!({
-            "status": status,
-            "source": self.source_name,
-            "head": {"sha256": head.sha256, "classes": head.head.classes, "path": self.head_path},
-            "frames": s.classified,
-            "dropped": s.dropped,
-            "uptime_s": round(self.started.elapsed().as_secs_f64(), 1),
-        });
-        let key = if ok { "detail" } else { "reason" };
-        body[key] = reason;
-        (ok, body)
-    }
-
-    /// One line for systemd's STATUS= and the exit summary.
-    pub fn status_line(&self) -> String {
-        let s = lock(&self.stats);
-        let source = match &*lock(&self.source_state) {
-            SourceState::Up(_) => "source ok".to_string(),
-            SourceState::Starting => "source starting".to_string(),
-            SourceState::Down(r) => format!("source degraded: {r}"),
-        };
-        format!(
-            "{} frames classified, {} dropped, {} failed; {source}",
-            s.classified, s.dropped, s.frame_errors
-        )
-    }
-
-    pub fn classified(&self) -> u64 {
-        lock(&self.stats).classified
-    }
-
-    /// The Prometheus text exposition of the counters.
-    pub fn metrics(&self) -> String {
-        let head = self.head();
-        let mut labels: Vec<&str> = head.head.classes.iter().map(String::as_str).collect();
-        labels.push(UNKNOWN_LABEL);
-        let s = lock(&self.stats);
-        let up = matches!(&*lock(&self.source_state), SourceState::Up(_));
-        prometheus::exposition(&s, up, &labels)
-    }
-}
 
 /// Sleeps `d` in short steps, returning early (false) when the service stops.
 fn sleep_unless_stopped(svc: &Service, d: Duration) -> bool {
@@ -307,8 +71,7 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
             Ok(s) => s,
             Err(e) => {
                 log::error!("cannot open source: {e}; retrying in {backoff:?}");
-                lock(&svc.stats).source_errors += 1;
-                svc.set_source_state(SourceState::Down(e.to_string()));
+                svc.source_down(e.to_string());
                 sleep_unless_stopped(svc, backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -316,7 +79,7 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
         };
         let description = source.describe();
         log::info!("source open: {description}");
-        svc.set_source_state(SourceState::Up(description));
+        svc.source_up(description);
         let replay = !source.is_live() && fps.is_none();
         let mut pacer = Pacer::new(if source.is_live() {
             0.0
@@ -334,10 +97,8 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
             match source.next_frame() {
                 Ok(frame) => {
                     seq += 1;
-                    let dropped = svc.slot.put(Captured { seq, frame });
-                    let mut s = lock(&svc.stats);
-                    s.captured += 1;
-                    s.dropped += u64::from(dropped);
+                    let replaced = svc.slot.put(Captured { seq, frame });
+                    svc.frame_captured(replaced);
                     if !delivered {
                         delivered = true;
                         backoff = BACKOFF_START;
@@ -349,8 +110,7 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
                         other => other.to_string(),
                     };
                     log::error!("source failed: {e}; reopening in {backoff:?}");
-                    lock(&svc.stats).source_errors += 1;
-                    svc.set_source_state(SourceState::Down(e));
+                    svc.source_down(e);
                     drop(source);
                     sleep_unless_stopped(svc, backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -366,14 +126,18 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
 pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Write) {
     let mut out_ok = true;
     while !svc.stopping() {
-        *lock(&svc.heartbeat) = Instant::now();
+        svc.record_heartbeat();
         let Some(captured) = svc.slot.take(POLL) else {
             continue;
         };
         match svc.classify_frame(&captured) {
-            Ok(line) => {
+            Ok(result) => {
                 if out_ok {
-                    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+                    let written = serde_json::to_writer(&mut *out, &result)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| writeln!(out))
+                        .and_then(|()| out.flush());
+                    if let Err(e) = written {
                         // A closed stdout must not stop the HTTP side of the service.
                         log::error!("stdout: {e}; JSON lines are no longer written");
                         out_ok = false;
@@ -386,13 +150,6 @@ pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Writ
             }
             Err(e) => svc.frame_failed(&captured.frame.name, &e),
         }
-    }
-}
-
-impl Service {
-    /// Age of the inference thread's heartbeat.
-    pub fn heartbeat_age(&self) -> Duration {
-        lock(&self.heartbeat).elapsed()
     }
 }
 
