@@ -38,7 +38,7 @@ struct ClassifyAnswer {
     confidence: f64,
     head: String,
     label: String,
-    /// From the decoded request body to the result (the upload is not counted).
+    /// Decoding and inference; the upload is not counted.
     latency_ms: f64,
     probs: BTreeMap<String, f64>,
 }

@@ -6,7 +6,7 @@
 //! - `service`: [`Service`] (head, classification, health) and its typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
 //! - `config`: the TOML config file ([`ServeConfig`]).
-//! - [`http`]: the HTTP API (feature `http`).
+//! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it).
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
 //! `service` → `slot`, `prometheus`.
