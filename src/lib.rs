@@ -25,8 +25,8 @@
 //! - [`classifier`]: backbone + head checked to belong together; image → prediction.
 //! - [`features`]: embeddings of a whole image set, in parallel, with the on-disk cache.
 //! - [`backbone`]: image → 1280-d embedding (and ImageNet scores).
-//! - [`source`]: frame sources (folder, image, MJPEG stream file; V4L2 camera with the `camera` feature) and
-//!   the decode every frame goes through.
+//! - [`source`]: frame sources (folder, image, MJPEG stream file; V4L2 camera with the `camera`
+//!   feature) and the decode every frame goes through.
 //!
 //! Foundations:
 //! - [`head`]: embedding → label: the softmax head, its training and its file.
@@ -54,8 +54,6 @@ pub mod fetch;
 pub mod finetune;
 pub mod fsutil;
 pub mod head;
-#[cfg(feature = "http")]
-pub mod http;
 pub mod loader;
 pub mod metrics;
 pub mod models;

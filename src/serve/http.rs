@@ -8,6 +8,7 @@
 //! - `POST /classify`: image bytes in, prediction out.
 //! - `POST /reload`: reload the head (409 and the old head kept when the new one is refused).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,11 +16,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use tiny_http::{Header, ListenAddr, Method, Request, Response, Server};
 
+use super::service::{round, ImagePrediction, Service};
 use crate::preprocess;
-use crate::serve::Service;
 
 /// Bodies larger than this are refused (413) without being read: no camera image is this big.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -28,10 +30,45 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static ASCII header")
 }
 
-fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(format!("{body}\n"))
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
+/// `POST /classify`'s answer: the image's prediction and how long it took. The fields are in
+/// alphabetical order because that is the key order of the `json!` body it replaced (serde_json
+/// without `preserve_order` sorts keys); clients may compare bytes.
+#[derive(Debug, Serialize)]
+struct ClassifyAnswer {
+    confidence: f64,
+    head: String,
+    label: String,
+    /// Decoding and inference; the upload is not counted.
+    latency_ms: f64,
+    probs: BTreeMap<String, f64>,
+}
+
+impl ClassifyAnswer {
+    fn new(prediction: ImagePrediction, latency: Duration) -> ClassifyAnswer {
+        let ImagePrediction {
+            confidence,
+            head,
+            label,
+            probs,
+        } = prediction;
+        ClassifyAnswer {
+            confidence,
+            head,
+            label,
+            latency_ms: round(latency.as_secs_f64() * 1e3, 2),
+            probs,
+        }
+    }
+}
+
+fn json_response(status: u16, body: &impl Serialize) -> Response<std::io::Cursor<Vec<u8>>> {
+    match serde_json::to_string(body) {
+        Ok(text) => Response::from_string(text + "\n")
+            .with_status_code(status)
+            .with_header(header("Content-Type", "application/json")),
+        // Only a non-UTF-8 path could get here; a client should still get an answer.
+        Err(e) => error(500, format!("serializing the answer: {e}")),
+    }
 }
 
 fn error(status: u16, message: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -71,8 +108,8 @@ fn handle(svc: &Service, mut request: Request) {
             None => error(404, "no frame classified yet"),
         },
         (Method::Get, "/healthz") => {
-            let (ok, body) = svc.health();
-            json_response(if ok { 200 } else { 503 }, &body)
+            let health = svc.health();
+            json_response(if health.healthy { 200 } else { 503 }, &health)
         }
         (Method::Get, "/metrics") => Response::from_string(svc.metrics()).with_header(header(
             "Content-Type",
@@ -122,10 +159,30 @@ fn classify(svc: &Service, request: &mut Request) -> Response<std::io::Cursor<Ve
         Err(e) => return error(400, e.to_string()),
     };
     match svc.predict(&img) {
-        Ok(mut v) => {
-            v["latency_ms"] = json!((started.elapsed().as_secs_f64() * 1e5).round() / 100.0);
-            json_response(200, &v)
-        }
+        Ok(prediction) => json_response(200, &ClassifyAnswer::new(prediction, started.elapsed())),
         Err(e) => error(500, format!("{e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_answer_is_the_prediction_plus_latency_in_key_order() {
+        let prediction = ImagePrediction {
+            confidence: 0.766412,
+            head: "7efa".into(),
+            label: "bees".into(),
+            probs: [("ants".into(), 0.233588), ("bees".into(), 0.766412)].into(),
+        };
+        let answer = ClassifyAnswer::new(prediction, Duration::from_micros(146_961));
+        let direct = serde_json::to_string(&answer).unwrap();
+        // A `Value` sorts its keys, as the `json!` body this replaced did.
+        assert_eq!(direct, serde_json::to_value(&answer).unwrap().to_string());
+        assert_eq!(
+            direct,
+            r#"{"confidence":0.766412,"head":"7efa","label":"bees","latency_ms":146.96,"probs":{"ants":0.233588,"bees":0.766412}}"#
+        );
     }
 }

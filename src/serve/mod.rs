@@ -1,0 +1,273 @@
+//! The classification service: a capture thread, an inference thread and (feature `http`) an HTTP
+//! thread around one [`Service`]. This file starts and stops them ([`run`]: threads, signals,
+//! systemd notifications) and holds the two frame loops; the parts live in the submodules:
+//!
+//! - `slot`: the one-frame mailbox ([`FrameSlot`]) between capture and inference.
+//! - `service`: [`Service`] (head, classification, health) and its typed results.
+//! - `prometheus`: the counters and their `/metrics` text.
+//! - `config`: the TOML config file ([`ServeConfig`]).
+//! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it).
+//!
+//! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
+//! `service` → `slot`, `prometheus`.
+//!
+//! Frames meet in a single-slot mailbox: the capture thread overwrites whatever the inference
+//! thread has not taken yet (counting a drop), so under load the newest frame is always the next
+//! one classified and memory never grows with a backlog. A file source without an `fps` instead
+//! reads a frame only when inference asks for one (an offline replay: every frame, no drops).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::backbone::Backbone;
+use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
+
+mod config;
+#[cfg(feature = "http")]
+pub mod http;
+mod prometheus;
+mod service;
+mod slot;
+
+pub use config::ServeConfig;
+pub use prometheus::{Histogram, LATENCY_BUCKETS};
+use service::head_file;
+pub use service::{
+    load_head, FrameResult, HeadHealth, Health, ImagePrediction, LoadedHead, ServeOptions, Service,
+    UNKNOWN_LABEL,
+};
+pub use slot::{Captured, FrameSlot};
+
+/// First and largest wait between attempts to reopen a failed source.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often blocked threads look at the stop flag; bounds the shutdown time.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Sleeps `d` in short steps, returning early (false) when the service stops.
+fn sleep_unless_stopped(svc: &Service, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while !svc.stopping() {
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(POLL));
+    }
+    false
+}
+
+/// The capture thread: opens the source (reopening with exponential backoff after any failure)
+/// and feeds the slot.
+pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fps: Option<f64>) {
+    let mut backoff = BACKOFF_START;
+    let mut seq = 0u64;
+    while !svc.stopping() {
+        let mut source = match spec.open(camera, true) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot open source: {e}; retrying in {backoff:?}");
+                svc.source_down(e.to_string());
+                sleep_unless_stopped(svc, backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let description = source.describe();
+        log::info!("source open: {description}");
+        svc.source_up(description);
+        let replay = !source.is_live() && fps.is_none();
+        let mut pacer = Pacer::new(if source.is_live() {
+            0.0
+        } else {
+            fps.unwrap_or(0.0)
+        });
+        let mut delivered = false;
+        while !svc.stopping() {
+            if replay && !svc.slot.wait_wanted(POLL) {
+                continue;
+            }
+            if !sleep_unless_stopped(svc, pacer.wait_time()) {
+                break;
+            }
+            match source.next_frame() {
+                Ok(frame) => {
+                    seq += 1;
+                    let replaced = svc.slot.put(Captured { seq, frame });
+                    svc.frame_captured(replaced);
+                    if !delivered {
+                        delivered = true;
+                        backoff = BACKOFF_START;
+                    }
+                }
+                Err(e) => {
+                    let e = match e {
+                        SourceError::End(name) => format!("{name}: ended"),
+                        other => other.to_string(),
+                    };
+                    log::error!("source failed: {e}; reopening in {backoff:?}");
+                    svc.source_down(e);
+                    drop(source);
+                    sleep_unless_stopped(svc, backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The inference thread: classifies the newest frame, prints it as a JSON line, and stops the
+/// service after `max_frames`.
+pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Write) {
+    let mut out_ok = true;
+    while !svc.stopping() {
+        svc.record_heartbeat();
+        let Some(captured) = svc.slot.take(POLL) else {
+            continue;
+        };
+        match svc.classify_frame(&captured) {
+            Ok(result) => {
+                if out_ok {
+                    let written = serde_json::to_writer(&mut *out, &result)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| writeln!(out))
+                        .and_then(|()| out.flush());
+                    if let Err(e) = written {
+                        // A closed stdout must not stop the HTTP side of the service.
+                        log::error!("stdout: {e}; JSON lines are no longer written");
+                        out_ok = false;
+                    }
+                }
+                if max_frames.is_some_and(|m| svc.classified() >= m) {
+                    log::info!("classified {} frames: stopping", svc.classified());
+                    svc.stop.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e) => svc.frame_failed(&captured.frame.name, &e),
+        }
+    }
+}
+
+/// How a `serve` run ended.
+#[derive(Debug)]
+pub struct ServeSummary {
+    pub status: String,
+    pub classified: u64,
+}
+
+/// Runs the service until SIGTERM/SIGINT (or `max_frames`): capture, inference, HTTP, SIGHUP
+/// reloads and the systemd notifications. `backbone` is loaded by the caller, once; reloads only
+/// ever replace the head.
+pub fn run(backbone: Backbone, opts: &ServeOptions) -> anyhow::Result<ServeSummary> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+    let head = load_head(&opts.head, &backbone)?;
+    log::info!(
+        "head {}: classes {:?}, sha256 {}",
+        head_file(&opts.head).display(),
+        head.head.classes,
+        head.sha256
+    );
+    let svc = Arc::new(Service::new(backbone, head, opts));
+
+    let terminate = Arc::new(AtomicBool::new(false));
+    let hangup = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        // A second signal while stopping exits at once (code 1): nothing is half-written.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, terminate.clone())
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, terminate.clone())
+            .context("installing signal handlers")?;
+    }
+    signal_hook::flag::register(SIGHUP, hangup.clone()).context("installing signal handlers")?;
+
+    let mut threads = Vec::new();
+    #[cfg(feature = "http")]
+    if let Some(addr) = &opts.listen {
+        let (bound, handle) = http::spawn(svc.clone(), addr)?;
+        log::info!("listening on http://{bound}");
+        threads.push(handle);
+    }
+    #[cfg(not(feature = "http"))]
+    if let Some(addr) = &opts.listen {
+        anyhow::bail!(
+            "--listen {addr}: this edge-mnv2 was built without the `http` feature (use --no-http)"
+        );
+    }
+    {
+        let svc = svc.clone();
+        let (spec, camera, fps) = (opts.source.clone(), opts.camera, opts.fps);
+        threads.push(
+            std::thread::Builder::new()
+                .name("capture".into())
+                .spawn(move || capture_loop(&svc, &spec, camera, fps))
+                .context("starting the capture thread")?,
+        );
+    }
+    {
+        let svc = svc.clone();
+        let max_frames = opts.max_frames;
+        threads.push(
+            std::thread::Builder::new()
+                .name("inference".into())
+                .spawn(move || inference_loop(&svc, max_frames, &mut std::io::stdout().lock()))
+                .context("starting the inference thread")?,
+        );
+    }
+
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(w) = watchdog {
+        log::info!("systemd watchdog every {w:?}: pinging every {:?}", w / 2);
+    }
+    let mut last_ping = Instant::now();
+    let mut last_status = Instant::now() - Duration::from_secs(60);
+    while !svc.stopping() {
+        if terminate.load(Ordering::SeqCst) {
+            log::info!("stop requested by signal");
+            svc.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        if hangup.swap(false, Ordering::SeqCst) {
+            log::info!("SIGHUP: reloading the head");
+            // Refusal is logged inside; the service goes on with the old head either way.
+            let _ = svc.reload_head();
+        }
+        if let Some(w) = watchdog {
+            // Ping only while inference is alive: a wedged pipeline should be restarted.
+            if last_ping.elapsed() >= w / 2 && svc.heartbeat_age() < w / 2 {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                last_ping = Instant::now();
+            }
+        }
+        if last_status.elapsed() >= Duration::from_secs(5) {
+            let status = svc.status_line();
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+            last_status = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    for t in threads {
+        if t.join().is_err() {
+            log::error!("a service thread panicked");
+        }
+    }
+    let status = svc.status_line();
+    log::info!("stopped: {status}");
+    Ok(ServeSummary {
+        status,
+        classified: svc.classified(),
+    })
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        log::warn!("sd_notify: {e}");
+    }
+}

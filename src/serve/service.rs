@@ -1,0 +1,460 @@
+//! The [`Service`] the threads share: the backbone and the current head (swapped whole on
+//! reload), classification of images and frames into typed, serializable results
+//! ([`ImagePrediction`], [`FrameResult`]), the health body ([`Health`]), the status line and the
+//! counters. Also where a head file is loaded ([`load_head`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use image::RgbImage;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::prometheus::{self, Stats};
+use super::slot::{lock, Captured, FrameSlot};
+use crate::backbone::Backbone;
+use crate::classifier::{check_compatible, Prediction};
+use crate::head::{Head, HEAD_FILE};
+use crate::source::{decode_frame, CameraSettings, SourceSpec};
+
+/// The label reported when the most probable class is below the confidence threshold.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+/// `x` rounded to `digits` decimals: every number the service reports goes through this, so
+/// results stay short and the same value always prints the same way.
+pub fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+// The result structs below declare their fields in alphabetical order on purpose: the JSON was
+// built with `json!` before, and serde_json (without `preserve_order`) writes object keys sorted.
+// Clients may compare these bodies byte for byte, so the key order must stay alphabetical.
+
+/// One image's classification, as `POST /classify` and every frame report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImagePrediction {
+    /// The top class's probability, even when `label` is the unknown label.
+    pub confidence: f64,
+    /// sha256 of the head file that classified the image.
+    pub head: String,
+    /// The top class, or [`UNKNOWN_LABEL`] below the threshold.
+    pub label: String,
+    pub probs: BTreeMap<String, f64>,
+}
+
+/// One classified frame: the JSON line `serve` prints and what `GET /latest` returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrameResult {
+    pub confidence: f64,
+    /// Frames dropped so far (since the service started).
+    pub dropped: u64,
+    /// The frame's sequence number; gaps are dropped frames.
+    pub frame: u64,
+    pub head: String,
+    pub label: String,
+    /// From capture to result.
+    pub latency_ms: f64,
+    pub probs: BTreeMap<String, f64>,
+    /// The frame's name (file path, or the camera's frame name).
+    pub source: String,
+    /// Unix time of the result, in seconds.
+    pub ts: f64,
+}
+
+/// The `GET /healthz` body. `detail` (healthy) and `reason` (degraded) are exclusive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    /// Decides the HTTP status; the body says it with `status`.
+    #[serde(skip)]
+    pub healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub dropped: u64,
+    pub frames: u64,
+    pub head: HeadHealth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub source: String,
+    pub status: &'static str,
+    pub uptime_s: f64,
+}
+
+/// The head part of [`Health`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeadHealth {
+    pub classes: Vec<String>,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+enum SourceState {
+    Starting,
+    Up(String),
+    Down(String),
+}
+
+/// A head with the checksum of the file it came from (what /healthz and the logs show).
+pub struct LoadedHead {
+    pub head: Head,
+    pub sha256: String,
+}
+
+/// The head file `path` names: the head folder's file, or `path` itself.
+pub fn head_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(HEAD_FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Loads a head and checks it runs on `backbone`; what both start-up and reload use.
+pub fn load_head(path: &Path, backbone: &Backbone) -> anyhow::Result<LoadedHead> {
+    let file = head_file(path);
+    let bytes = std::fs::read(&file).with_context(|| format!("{}: reading", file.display()))?;
+    let head = Head::load(&file)?;
+    check_compatible(&head, backbone).with_context(|| format!("{}", file.display()))?;
+    Ok(LoadedHead {
+        head,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+    })
+}
+
+/// Everything `serve` is told (flags merged over the config file).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub head: PathBuf,
+    pub source: SourceSpec,
+    pub camera: CameraSettings,
+    /// Pace file sources to this rate (like a camera, dropping frames under load); `None` replays
+    /// them as fast as inference takes them.
+    pub fps: Option<f64>,
+    pub threshold: f32,
+    /// Stop after this many classified frames.
+    pub max_frames: Option<u64>,
+    /// HTTP listen address; `None` for no HTTP server.
+    pub listen: Option<String>,
+}
+
+pub struct Service {
+    backbone: Backbone,
+    head: RwLock<Arc<LoadedHead>>,
+    head_path: PathBuf,
+    reload_lock: Mutex<()>,
+    pub threshold: f32,
+    pub slot: FrameSlot,
+    stats: Mutex<Stats>,
+    latest: Mutex<Option<FrameResult>>,
+    source_state: Mutex<SourceState>,
+    source_name: String,
+    started: Instant,
+    /// Last time the inference thread went round its loop (for the systemd watchdog).
+    heartbeat: Mutex<Instant>,
+    pub stop: AtomicBool,
+}
+
+impl Service {
+    pub fn new(backbone: Backbone, head: LoadedHead, opts: &ServeOptions) -> Service {
+        Service {
+            backbone,
+            head: RwLock::new(Arc::new(head)),
+            head_path: opts.head.clone(),
+            reload_lock: Mutex::new(()),
+            threshold: opts.threshold,
+            slot: FrameSlot::default(),
+            stats: Mutex::new(Stats::default()),
+            latest: Mutex::new(None),
+            source_state: Mutex::new(SourceState::Starting),
+            source_name: opts.source.path().display().to_string(),
+            started: Instant::now(),
+            heartbeat: Mutex::new(Instant::now()),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    pub fn head(&self) -> Arc<LoadedHead> {
+        self.head.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Reloads the head from its path; a head that fails to load or does not fit the backbone is
+    /// refused and the running one stays. Returns the new head's sha256.
+    pub fn reload_head(&self) -> anyhow::Result<String> {
+        let _one_at_a_time = lock(&self.reload_lock);
+        match load_head(&self.head_path, &self.backbone) {
+            Ok(new) => {
+                let sha = new.sha256.clone();
+                log::info!(
+                    "head reloaded from {}: classes {:?}, sha256 {}",
+                    self.head_path.display(),
+                    new.head.classes,
+                    sha
+                );
+                *self.head.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                lock(&self.stats).reloads_ok += 1;
+                Ok(sha)
+            }
+            Err(e) => {
+                let old = self.head().sha256.clone();
+                log::error!("head reload refused, keeping head sha256 {old}: {e:#}");
+                lock(&self.stats).reloads_refused += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Classifies one decoded image with the current head.
+    pub fn predict(&self, img: &RgbImage) -> anyhow::Result<ImagePrediction> {
+        let head = self.head();
+        let embedding = self.backbone.embed(img)?;
+        let p = Prediction::from_probs(&head.head, head.head.predict(&embedding));
+        let label = if p.confidence < self.threshold {
+            UNKNOWN_LABEL.to_string()
+        } else {
+            p.label.clone()
+        };
+        let probs = head
+            .head
+            .classes
+            .iter()
+            .zip(&p.probs)
+            .map(|(k, v)| (k.clone(), round(*v as f64, 6)))
+            .collect();
+        Ok(ImagePrediction {
+            confidence: round(p.confidence as f64, 6),
+            head: head.sha256.clone(),
+            label,
+            probs,
+        })
+    }
+
+    /// Decodes and classifies a captured frame; records it in the statistics and as the latest.
+    pub fn classify_frame(&self, captured: &Captured) -> anyhow::Result<FrameResult> {
+        let img = decode_frame(&captured.frame)?;
+        let ImagePrediction {
+            confidence,
+            head,
+            label,
+            probs,
+        } = self.predict(&img)?;
+        let latency = captured.frame.captured.elapsed().as_secs_f64();
+        let ts = round(unix_time(), 3);
+        let dropped = {
+            let mut s = lock(&self.stats);
+            s.classified += 1;
+            *s.per_class.entry(label.clone()).or_default() += 1;
+            s.latency.observe(latency);
+            s.dropped
+        };
+        let result = FrameResult {
+            confidence,
+            dropped,
+            frame: captured.seq,
+            head,
+            label,
+            latency_ms: round(latency * 1e3, 2),
+            probs,
+            source: captured.frame.name.clone(),
+            ts,
+        };
+        *lock(&self.latest) = Some(result.clone());
+        Ok(result)
+    }
+
+    pub fn latest(&self) -> Option<FrameResult> {
+        lock(&self.latest).clone()
+    }
+
+    pub fn frame_failed(&self, name: &str, e: &anyhow::Error) {
+        lock(&self.stats).frame_errors += 1;
+        log::warn!("frame {name} skipped: {e:#}");
+    }
+
+    /// Counts a frame the capture thread put in the slot; `replaced_one` when it overwrote a frame
+    /// inference had not taken.
+    pub fn frame_captured(&self, replaced_one: bool) {
+        let mut s = lock(&self.stats);
+        s.captured += 1;
+        s.dropped += u64::from(replaced_one);
+    }
+
+    /// The source is open and delivering; `description` is what /healthz shows as its detail.
+    pub fn source_up(&self, description: String) {
+        *lock(&self.source_state) = SourceState::Up(description);
+    }
+
+    /// The source failed to open or to deliver (it will be reopened); `reason` is what /healthz
+    /// shows until it is up again.
+    pub fn source_down(&self, reason: String) {
+        lock(&self.stats).source_errors += 1;
+        *lock(&self.source_state) = SourceState::Down(reason);
+    }
+
+    /// The /healthz body: degraded until the source is up.
+    pub fn health(&self) -> Health {
+        let head = self.head();
+        let s = lock(&self.stats);
+        let (healthy, status, detail, reason) = match &*lock(&self.source_state) {
+            SourceState::Up(d) => (true, "ok", Some(d.clone()), None),
+            SourceState::Starting => (false, "degraded", None, Some("source is starting".into())),
+            SourceState::Down(r) => (false, "degraded", None, Some(r.clone())),
+        };
+        Health {
+            healthy,
+            detail,
+            dropped: s.dropped,
+            frames: s.classified,
+            head: HeadHealth {
+                classes: head.head.classes.clone(),
+                path: self.head_path.clone(),
+                sha256: head.sha256.clone(),
+            },
+            reason,
+            source: self.source_name.clone(),
+            status,
+            uptime_s: round(self.started.elapsed().as_secs_f64(), 1),
+        }
+    }
+
+    /// One line for systemd's STATUS= and the exit summary.
+    pub fn status_line(&self) -> String {
+        let s = lock(&self.stats);
+        let source = match &*lock(&self.source_state) {
+            SourceState::Up(_) => "source ok".to_string(),
+            SourceState::Starting => "source starting".to_string(),
+            SourceState::Down(r) => format!("source degraded: {r}"),
+        };
+        format!(
+            "{} frames classified, {} dropped, {} failed; {source}",
+            s.classified, s.dropped, s.frame_errors
+        )
+    }
+
+    pub fn classified(&self) -> u64 {
+        lock(&self.stats).classified
+    }
+
+    /// The Prometheus text exposition of the counters.
+    pub fn metrics(&self) -> String {
+        let head = self.head();
+        let mut labels: Vec<&str> = head.head.classes.iter().map(String::as_str).collect();
+        labels.push(UNKNOWN_LABEL);
+        let s = lock(&self.stats);
+        let up = matches!(&*lock(&self.source_state), SourceState::Up(_));
+        prometheus::exposition(&s, up, &labels)
+    }
+
+    /// Called by the inference thread on every round of its loop.
+    pub fn record_heartbeat(&self) {
+        *lock(&self.heartbeat) = Instant::now();
+    }
+
+    /// Age of the inference thread's heartbeat.
+    pub fn heartbeat_age(&self) -> Duration {
+        lock(&self.heartbeat).elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// `value` serialized directly, and through a `serde_json::Value` (whose objects sort their
+    /// keys, as the `json!` bodies did before they were typed).
+    fn both_ways(value: &impl Serialize) -> (String, String) {
+        let direct = serde_json::to_string(value).unwrap();
+        let via_value: Value = serde_json::to_value(value).unwrap();
+        (direct, via_value.to_string())
+    }
+
+    fn probs() -> BTreeMap<String, f64> {
+        [
+            ("bees".to_string(), 0.039142),
+            ("ants".to_string(), 0.960858),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn round_keeps_the_digits_asked_for() {
+        assert_eq!(round(0.9608581, 6), 0.960858);
+        assert_eq!(round(192.634, 2), 192.63);
+        assert_eq!(round(1796019983.0064, 3), 1796019983.006);
+    }
+
+    #[test]
+    fn results_serialize_with_sorted_keys_like_the_json_they_replace() {
+        let frame = FrameResult {
+            confidence: 0.960858,
+            dropped: 2,
+            frame: 7,
+            head: "7efa".into(),
+            label: "ants".into(),
+            latency_ms: 192.63,
+            probs: probs(),
+            source: "val/ants/1.jpg".into(),
+            ts: 1796019983.006,
+        };
+        let (direct, via_value) = both_ways(&frame);
+        assert_eq!(direct, via_value);
+        assert_eq!(
+            direct,
+            r#"{"confidence":0.960858,"dropped":2,"frame":7,"head":"7efa","label":"ants","latency_ms":192.63,"probs":{"ants":0.960858,"bees":0.039142},"source":"val/ants/1.jpg","ts":1796019983.006}"#
+        );
+        let image = ImagePrediction {
+            confidence: 0.5,
+            head: "7efa".into(),
+            label: UNKNOWN_LABEL.into(),
+            probs: probs(),
+        };
+        let (direct, via_value) = both_ways(&image);
+        assert_eq!(direct, via_value);
+    }
+
+    #[test]
+    fn health_serializes_detail_or_reason_in_key_order() {
+        let mut health = Health {
+            healthy: true,
+            detail: Some("folder x (3 images)".into()),
+            dropped: 0,
+            frames: 3,
+            head: HeadHealth {
+                classes: vec!["ants".into(), "bees".into()],
+                path: PathBuf::from("/tmp/head"),
+                sha256: "7efa".into(),
+            },
+            reason: None,
+            source: "x".into(),
+            status: "ok",
+            uptime_s: 3.1,
+        };
+        let (direct, via_value) = both_ways(&health);
+        assert_eq!(direct, via_value);
+        assert!(direct.starts_with(r#"{"detail":"folder x (3 images)","dropped":0,"#));
+        assert!(!direct.contains("healthy") && !direct.contains("reason"));
+        health.healthy = false;
+        health.detail = None;
+        health.reason = Some("x: no such file or directory".into());
+        health.status = "degraded";
+        let (direct, via_value) = both_ways(&health);
+        assert_eq!(direct, via_value);
+        assert!(!direct.contains("detail"));
+    }
+}
