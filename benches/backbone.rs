@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use edge_mnv2::backbone::Backbone;
+use edge_mnv2::models::Precision;
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::preprocess;
-use edge_mnv2::models::Precision;
 
 /// (manifest name, precision for TFLite files). The first row is the baseline of the ratios.
 const MODELS: [(&str, Precision); 3] = [

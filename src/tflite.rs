@@ -32,8 +32,7 @@ use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math;
 use tract_core::ops::nn::DataFormat;
 
-// Re-exported until the service moves to `crate::models::Precision`.
-pub use crate::models::Precision;
+use crate::models::Precision;
 
 #[derive(Debug, Error)]
 pub enum TfliteError {

@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use edge_mnv2::backbone::{cosine, Backbone};
+use edge_mnv2::models::Precision;
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::preprocess;
-use edge_mnv2::models::Precision;
 
 #[cfg(feature = "onnx")]
 fn backbone(name: &str, with_scores: bool) -> Backbone {

@@ -13,7 +13,7 @@ pub struct ServeConfig {
     pub head: Option<PathBuf>,
     pub model: Option<String>,
     /// Backbone arithmetic for TFLite models (default: this board's calibration, else f32).
-    pub precision: Option<crate::tflite::Precision>,
+    pub precision: Option<crate::models::Precision>,
     pub source: Option<String>,
     pub listen: Option<String>,
     pub threshold: Option<f32>,

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::backbone::Backbone;
+use crate::loader;
 use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
 
 mod config;
@@ -35,10 +36,8 @@ mod slot;
 
 pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
-use service::head_file;
 pub use service::{
-    load_head, FrameResult, HeadHealth, Health, ImagePrediction, LoadedHead, ServeOptions, Service,
-    UNKNOWN_LABEL,
+    FrameResult, HeadHealth, Health, ImagePrediction, ServeOptions, Service, UNKNOWN_LABEL,
 };
 pub use slot::{Captured, FrameSlot};
 
@@ -166,10 +165,10 @@ pub struct ServeSummary {
 pub fn run(backbone: Backbone, opts: &ServeOptions) -> anyhow::Result<ServeSummary> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-    let head = load_head(&opts.head, &backbone)?;
+    let head = loader::head_for(&opts.head, &backbone)?;
     log::info!(
         "head {}: classes {:?}, sha256 {}",
-        head_file(&opts.head).display(),
+        head.path.display(),
         head.head.classes,
         head.sha256
     );

@@ -1,24 +1,23 @@
 //! The [`Service`] the threads share: the backbone and the current head (swapped whole on
 //! reload), classification of images and frames into typed, serializable results
 //! ([`ImagePrediction`], [`FrameResult`]), the health body ([`Health`]), the status line and the
-//! counters. Also where a head file is loaded ([`load_head`]).
+//! counters. Heads come from [`crate::loader`], at start-up and on every reload.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use image::RgbImage;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::prometheus::{self, Stats};
 use super::slot::{lock, Captured, FrameSlot};
 use crate::backbone::Backbone;
-use crate::classifier::{check_compatible, Prediction};
-use crate::head::{Head, HEAD_FILE};
+use crate::classifier::Prediction;
+use crate::head::HeadFile;
+use crate::loader;
 use crate::source::{decode_frame, CameraSettings, SourceSpec};
 
 /// The label reported when the most probable class is below the confidence threshold.
@@ -105,33 +104,6 @@ enum SourceState {
     Down(String),
 }
 
-/// A head with the checksum of the file it came from (what /healthz and the logs show).
-pub struct LoadedHead {
-    pub head: Head,
-    pub sha256: String,
-}
-
-/// The head file `path` names: the head folder's file, or `path` itself.
-pub fn head_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join(HEAD_FILE)
-    } else {
-        path.to_path_buf()
-    }
-}
-
-/// Loads a head and checks it runs on `backbone`; what both start-up and reload use.
-pub fn load_head(path: &Path, backbone: &Backbone) -> anyhow::Result<LoadedHead> {
-    let file = head_file(path);
-    let bytes = std::fs::read(&file).with_context(|| format!("{}: reading", file.display()))?;
-    let head = Head::load(&file)?;
-    check_compatible(&head, backbone).with_context(|| format!("{}", file.display()))?;
-    Ok(LoadedHead {
-        head,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-    })
-}
-
 /// Everything `serve` is told (flags merged over the config file).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -150,7 +122,7 @@ pub struct ServeOptions {
 
 pub struct Service {
     backbone: Backbone,
-    head: RwLock<Arc<LoadedHead>>,
+    head: RwLock<Arc<HeadFile>>,
     head_path: PathBuf,
     reload_lock: Mutex<()>,
     pub threshold: f32,
@@ -166,7 +138,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(backbone: Backbone, head: LoadedHead, opts: &ServeOptions) -> Service {
+    pub fn new(backbone: Backbone, head: HeadFile, opts: &ServeOptions) -> Service {
         Service {
             backbone,
             head: RwLock::new(Arc::new(head)),
@@ -184,7 +156,7 @@ impl Service {
         }
     }
 
-    pub fn head(&self) -> Arc<LoadedHead> {
+    pub fn head(&self) -> Arc<HeadFile> {
         self.head.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -196,7 +168,7 @@ impl Service {
     /// refused and the running one stays. Returns the new head's sha256.
     pub fn reload_head(&self) -> anyhow::Result<String> {
         let _one_at_a_time = lock(&self.reload_lock);
-        match load_head(&self.head_path, &self.backbone) {
+        match loader::head_for(&self.head_path, &self.backbone) {
             Ok(new) => {
                 let sha = new.sha256.clone();
                 log::info!(
@@ -228,13 +200,7 @@ impl Service {
         } else {
             p.label.clone()
         };
-        let probs = head
-            .head
-            .classes
-            .iter()
-            .zip(&p.probs)
-            .map(|(k, v)| (k.clone(), round(*v as f64, 6)))
-            .collect();
+        let probs = p.probs_by_class(&head.head.classes, |v| round(f64::from(v), 6));
         Ok(ImagePrediction {
             confidence: round(p.confidence as f64, 6),
             head: head.sha256.clone(),
