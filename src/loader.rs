@@ -74,8 +74,15 @@ pub fn classifier(head: &Path, choice: &BackboneChoice) -> Result<Classifier> {
     Ok(Classifier::new(backbone, head.head)?)
 }
 
+/// The backbone the head at `head` was trained on (its recorded model unless `choice` names
+/// another), for a caller that loads and checks the head itself later (the service, whose reloads
+/// replace only the head).
+pub fn backbone_for_head(head: &Path, choice: &BackboneChoice) -> Result<Backbone> {
+    backbone(&for_head(&Head::read(head)?, choice), false)
+}
+
 /// `choice` with the model filled in from the head's record when it names none.
-pub fn for_head(head: &HeadFile, choice: &BackboneChoice) -> BackboneChoice {
+fn for_head(head: &HeadFile, choice: &BackboneChoice) -> BackboneChoice {
     BackboneChoice {
         model: Some(
             choice

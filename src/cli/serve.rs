@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use edge_mnv2::head::Head;
 use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
 use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::{capture, loader};
@@ -91,7 +90,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         model: cfg.model.clone(),
         precision: cfg.precision,
     };
-    let backbone = loader::backbone(&loader::for_head(&Head::read(&opts.head)?, &choice), false)?;
+    let backbone = loader::backbone_for_head(&opts.head, &choice)?;
     serve::run(backbone, &opts)?;
     Ok(ExitCode::SUCCESS)
 }
