@@ -69,16 +69,17 @@ pub fn backbone_in(
 /// A head and the backbone it was trained on (its recorded model unless `choice` names another),
 /// checked to belong together.
 pub fn classifier(head: &Path, choice: &BackboneChoice) -> Result<Classifier> {
-    let head = Head::read(head)?;
-    let backbone = backbone(&for_head(&head, choice), false)?;
+    let (head, backbone) = head_and_backbone(head, choice)?;
     Ok(Classifier::new(backbone, head.head)?)
 }
 
-/// The backbone the head at `head` was trained on (its recorded model unless `choice` names
-/// another), for a caller that loads and checks the head itself later (the service, whose reloads
-/// replace only the head).
-pub fn backbone_for_head(head: &Path, choice: &BackboneChoice) -> Result<Backbone> {
-    backbone(&for_head(&Head::read(head)?, choice), false)
+/// As [`classifier`], keeping the head's file and checksum (what the service names a head by);
+/// the head file is read once.
+pub fn head_and_backbone(head: &Path, choice: &BackboneChoice) -> Result<(HeadFile, Backbone)> {
+    let head = Head::read(head)?;
+    let backbone = backbone(&for_head(&head, choice), false)?;
+    check_compatible(&head.head, &backbone).with_context(|| format!("{}", head.path.display()))?;
+    Ok((head, backbone))
 }
 
 /// `choice` with the model filled in from the head's record when it names none.
@@ -95,7 +96,7 @@ fn for_head(head: &HeadFile, choice: &BackboneChoice) -> BackboneChoice {
 }
 
 /// Reads a head (a file, or the directory finetune wrote it to) for a backbone that is already
-/// running: what the service starts with and what a reload swaps in.
+/// running: what a service reload swaps in.
 pub fn head_for(path: &Path, backbone: &Backbone) -> Result<HeadFile> {
     let head = Head::read(path)?;
     check_compatible(&head.head, backbone).with_context(|| format!("{}", head.path.display()))?;

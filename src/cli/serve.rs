@@ -90,8 +90,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         model: cfg.model.clone(),
         precision: cfg.precision,
     };
-    let backbone = loader::backbone_for_head(&opts.head, &choice)?;
-    serve::run(backbone, &opts)?;
+    let (head, backbone) = loader::head_and_backbone(&opts.head, &choice)?;
+    serve::run(backbone, head, &opts)?;
     Ok(ExitCode::SUCCESS)
 }
 

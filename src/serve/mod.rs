@@ -11,10 +11,8 @@
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
 //! `service` → `slot`, `prometheus`.
 //!
-//! Frames meet in a single-slot mailbox: the capture thread overwrites whatever the inference
-//! thread has not taken yet (counting a drop), so under load the newest frame is always the next
-//! one classified and memory never grows with a backlog. A file source without an `fps` instead
-//! reads a frame only when inference asks for one (an offline replay: every frame, no drops).
+//! A file source without an `fps` is replayed: the capture thread reads a frame only when
+//! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::backbone::Backbone;
-use crate::loader;
+use crate::head::HeadFile;
 use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
 
 mod config;
@@ -160,12 +158,15 @@ pub struct ServeSummary {
 }
 
 /// Runs the service until SIGTERM/SIGINT (or `max_frames`): capture, inference, HTTP, SIGHUP
-/// reloads and the systemd notifications. `backbone` is loaded by the caller, once; reloads only
-/// ever replace the head.
-pub fn run(backbone: Backbone, opts: &ServeOptions) -> anyhow::Result<ServeSummary> {
+/// reloads and the systemd notifications. `backbone` and `head` come from the caller's
+/// [`crate::loader::head_and_backbone`], checked together; reloads only ever replace the head.
+pub fn run(
+    backbone: Backbone,
+    head: HeadFile,
+    opts: &ServeOptions,
+) -> anyhow::Result<ServeSummary> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-    let head = loader::head_for(&opts.head, &backbone)?;
     log::info!(
         "head {}: classes {:?}, sha256 {}",
         head.path.display(),
