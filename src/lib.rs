@@ -32,7 +32,8 @@
 //! - [`head`]: embedding → label: the softmax head, its training and its file.
 //! - [`dataset`]: a labelled folder and its deterministic splits.
 //! - [`augment`]: random flip / rotation / zoom views for training.
-//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8.
+//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8, with
+//!   operators of our own where tract has no fast kernel.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor; the
 //!   preprocessing version heads and cache entries record.
 //! - [`models`]: the model manifest, lookup and checksums; [`models::ModelFormat`] and

@@ -1,0 +1,95 @@
+//! AVERAGE_POOL_2D and MEAN over the whole map: where the embedding is cut.
+
+use tract_core::ops::cnn::{PaddingSpec, PoolSpec, SumPool};
+use tract_core::ops::nn::DataFormat;
+use tract_tflite::internal::*;
+use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator};
+
+use super::read::values;
+use super::{Builder, OpCtx, TfliteError};
+use crate::models::Precision;
+
+impl Builder<'_> {
+    /// AVERAGE_POOL_2D over the whole map, or MEAN over H and W: the embedding.
+    /// Returns (wire for the next op, f32 embedding wire).
+    pub(super) fn global_pool(
+        &mut self,
+        ctx: &OpCtx,
+        code: BuiltinOperator,
+    ) -> Result<(OutletId, OutletId), TfliteError> {
+        let x_i = ctx.inputs[0];
+        let shape = self.shape(x_i)?;
+        if shape.len() != 4 {
+            return Err(ctx.unsupported(format!("input shape {shape:?}")));
+        }
+        let (h, w, c) = (shape[1], shape[2], shape[3]);
+        let act = if code == BuiltinOperator::AVERAGE_POOL_2D {
+            let o = ctx
+                .flat
+                .builtin_options_as_pool_2_doptions()
+                .ok_or_else(|| ctx.unsupported("missing options"))?;
+            if (o.filter_height() as usize, o.filter_width() as usize) != (h, w) {
+                return Err(ctx.unsupported("only global average pooling is supported"));
+            }
+            o.fused_activation_function()
+        } else {
+            let axes = values::<i64>(&self.raw_const(ctx, ctx.inputs[1])?)?;
+            let mut axes: Vec<i64> = axes
+                .iter()
+                .map(|&a| if a < 0 { a + 4 } else { a })
+                .collect();
+            axes.sort_unstable();
+            if axes != [1, 2] {
+                return Err(
+                    ctx.unsupported(format!("MEAN over axes {axes:?}; only [1, 2] is supported"))
+                );
+            }
+            ActivationFunctionType::NONE
+        };
+        let name = self.unique(&format!("op{}.pool", ctx.index));
+        let x = match self.precision {
+            Precision::F32 => self.wire(ctx, x_i)?,
+            Precision::Int8 => self.real(x_i, &name)?,
+        };
+        let pool = SumPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NHWC,
+                kernel_shape: tvec!(h, w),
+                padding: PaddingSpec::Valid,
+                strides: None,
+                dilations: None,
+                input_channels: c,
+                output_channels: c,
+            },
+            count_include_pad: false,
+            normalize: true,
+        };
+        let mut y = self.target.wire_node(&name, pool, &[x])?[0];
+        if self.precision == Precision::Int8 {
+            y = self.fused_activation(ctx, y, act)?;
+        }
+        let out_shape = self.shape(ctx.outputs[0])?;
+        if out_shape.len() == 2 {
+            y = self.target.wire_node(
+                self.unique(&format!("{name}.squeeze")),
+                AxisOp::Reshape(
+                    1,
+                    tvec!(1.to_dim(), 1.to_dim(), c.to_dim()),
+                    tvec!(c.to_dim()),
+                ),
+                &[y],
+            )?[0];
+        }
+        // The embedding is the 8-bit pooled tensor, as LiteRT's is, in real units.
+        let next = match self.precision {
+            Precision::F32 => {
+                let m = self.scale(x_i)? / self.scale(ctx.outputs[0])?;
+                self.requantize_f32(ctx, y, &[m], act)?
+            }
+            Precision::Int8 => self.requantize_output(ctx, y, ctx.name.as_str())?,
+        };
+        self.wires.insert(ctx.outputs[0], next);
+        let embedding = self.real(ctx.outputs[0], &name)?;
+        Ok((next, embedding))
+    }
+}
