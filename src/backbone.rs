@@ -185,7 +185,7 @@ impl Backbone {
     pub fn embedding_id(&self) -> String {
         match self.precision {
             None | Some(Precision::F32) => self.sha256.clone(),
-            Some(p) => format!("{}+{p}", self.sha256),
+            Some(p) => format!("{}+{p}.{}", self.sha256, tflite::arithmetic_revision(p)),
         }
     }
 

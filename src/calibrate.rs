@@ -2,8 +2,8 @@
 //! calibration file ([`crate::calibration`]) that the other commands follow.
 //!
 //! It runs the model in every precision over a set of images, measures latency per thread count
-//! and agreement with f32 (embedding cosine, ImageNet top-1), and picks the fastest setting within
-//! the agreement budget.
+//! and agreement with the reference precision, LiteRT's arithmetic (embedding cosine, ImageNet
+//! top-1), and picks the fastest setting within the agreement budget.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -156,7 +156,14 @@ pub fn calibrate(
     let mut reference: Option<Pass> = None;
     let mut measurements = Vec::new();
     let mut int8_f32_layers = Vec::new();
-    for precision in Precision::ALL {
+    // The reference first: every other precision's agreement is measured against LiteRT's
+    // arithmetic, not against whichever precision happens to come first.
+    let order = std::iter::once(Precision::REFERENCE).chain(
+        Precision::ALL
+            .into_iter()
+            .filter(|&p| p != Precision::REFERENCE),
+    );
+    for precision in order {
         let mut backbone = loader::backbone_in(model, precision, with_scores)?;
         if precision == Precision::Int8 {
             int8_f32_layers = backbone.f32_fallbacks().to_vec();

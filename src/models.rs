@@ -79,9 +79,10 @@ impl fmt::Display for ModelFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// Float arithmetic on the dequantized weights.
+    /// The file's integer arithmetic carried out in f32 kernels (tract's matrix products).
     F32,
-    /// 8-bit convolutions with the file's quantization (some layers in f32, see `tflite`).
+    /// LiteRT's own 8-bit arithmetic on 8-bit kernels of ours (the pooling in f32, see `tflite`):
+    /// the reference the other precisions are measured against.
     Int8,
 }
 
@@ -98,12 +99,17 @@ impl Precision {
     /// One line on what the arithmetic is (the command line's help shows it).
     pub fn description(self) -> &'static str {
         match self {
-            Precision::F32 => "Float arithmetic on the dequantized weights",
-            Precision::Int8 => {
-                "8-bit convolutions with the file's quantization (some layers in f32, see module docs)"
+            Precision::F32 => {
+                "The file's integer arithmetic in f32 kernels (within 0.999 of LiteRT)"
             }
+            Precision::Int8 => "LiteRT's 8-bit arithmetic on 8-bit kernels (the reference)",
         }
     }
+}
+
+impl Precision {
+    /// The precision whose arithmetic is LiteRT's: `calibrate` measures agreement against it.
+    pub const REFERENCE: Precision = Precision::Int8;
 }
 
 impl fmt::Display for Precision {

@@ -132,7 +132,8 @@ fn tflite_f32_matches_litert() {
     assert!(min_cosine(&b, LITERT) >= 0.998);
 }
 
-// int8: tract's integer convolutions with the file's scales; measured 1.000000 on all six.
+// int8: our 8-bit kernels with LiteRT's requantization (XNNPACK's: f32 multipliers, ties to
+// even; its integer ADD); measured 1.000000 on all six.
 #[test]
 fn tflite_int8_matches_litert() {
     let b = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::Int8);
@@ -200,4 +201,19 @@ fn default_model_agrees_across_machines() {
             assert!(c >= 0.999, "{key}: cosine {c}");
         }
     }
+}
+
+/// The two precisions' embeddings differ (cosine ~0.999), so the embedding cache must never hand
+/// one's entries to the other; int8's key names the revision of its arithmetic, which changed
+/// when it moved to our kernels.
+#[test]
+fn precisions_never_share_embedding_cache_keys() {
+    let f32 = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::F32);
+    let int8 = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::Int8);
+    assert_ne!(f32.embedding_id(), int8.embedding_id());
+    assert!(
+        int8.embedding_id().ends_with("+int8.2"),
+        "{}",
+        int8.embedding_id()
+    );
 }

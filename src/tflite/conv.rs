@@ -3,133 +3,172 @@
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 use tract_tflite::internal::*;
-use tract_tflite::tflite::Padding;
+use tract_tflite::tflite::{ActivationFunctionType, Padding};
 
 use super::ops::kernels::{DepthwiseGeometry, MAX_TAPS};
 use super::ops::RequantizedDepthwise;
 use super::read::{values, Quant};
 use super::{Builder, OpCtx, TfliteError};
-use crate::models::Precision;
+
+/// A convolution's options and shapes, checked.
+pub(super) struct ConvOptions {
+    pub x_shape: Vec<usize>,
+    /// OHWI; a depthwise's is `[1, H, W, C]`.
+    pub k_shape: Vec<usize>,
+    pub pool_spec: PoolSpec,
+    pub dilations: [usize; 2],
+    pub act: ActivationFunctionType,
+    pub out_c: usize,
+}
+
+pub(super) fn conv_options(
+    b: &Builder,
+    ctx: &OpCtx,
+    depthwise: bool,
+) -> Result<ConvOptions, TfliteError> {
+    if ctx.inputs.len() < 2 {
+        return Err(ctx.unsupported("expected input, weights and bias"));
+    }
+    let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
+    let k_shape = b.shape(k_i)?;
+    if k_shape.len() != 4 {
+        return Err(ctx.unsupported(format!("weights shape {k_shape:?}")));
+    }
+    let x_shape = b.shape(x_i)?;
+    let in_c = *x_shape.last().unwrap_or(&0);
+    let (padding, strides, dilations, act, out_c) = if depthwise {
+        let o = ctx
+            .flat
+            .builtin_options_as_depthwise_conv_2_doptions()
+            .ok_or_else(|| ctx.unsupported("missing options"))?;
+        if o.depth_multiplier() > 1 {
+            return Err(ctx.unsupported("depth multiplier > 1"));
+        }
+        (
+            o.padding(),
+            [o.stride_h(), o.stride_w()],
+            [o.dilation_h_factor(), o.dilation_w_factor()],
+            o.fused_activation_function(),
+            k_shape[3],
+        )
+    } else {
+        let o = ctx
+            .flat
+            .builtin_options_as_conv_2_doptions()
+            .ok_or_else(|| ctx.unsupported("missing options"))?;
+        (
+            o.padding(),
+            [o.stride_h(), o.stride_w()],
+            [o.dilation_h_factor(), o.dilation_w_factor()],
+            o.fused_activation_function(),
+            k_shape[0],
+        )
+    };
+    // OHWI: a convolution's I is its input depth; a depthwise's [1, H, W, C] has C = in_c.
+    if k_shape[3] != in_c || depthwise && out_c != in_c {
+        return Err(ctx.unsupported(format!(
+            "weights {k_shape:?} do not match {in_c} input channels"
+        )));
+    }
+    let padding = match padding {
+        Padding::SAME => PaddingSpec::SameUpper,
+        Padding::VALID => PaddingSpec::Valid,
+        p => return Err(ctx.unsupported(format!("padding {p:?}"))),
+    };
+    let dilations = [dilations[0].max(1) as usize, dilations[1].max(1) as usize];
+    let pool_spec = PoolSpec {
+        data_format: DataFormat::NHWC,
+        kernel_shape: tvec!(k_shape[1], k_shape[2]),
+        padding,
+        strides: Some(tvec!(
+            strides[0].max(1) as usize,
+            strides[1].max(1) as usize
+        )),
+        dilations: Some(tvec!(dilations[0], dilations[1])),
+        input_channels: in_c,
+        output_channels: out_c,
+    };
+    Ok(ConvOptions {
+        x_shape,
+        k_shape,
+        pool_spec,
+        dilations,
+        act,
+        out_c,
+    })
+}
 
 impl Builder<'_> {
+    /// The f32 graph's convolution: f32 offsets in, requantized f32 offsets out.
     pub(super) fn conv(&mut self, ctx: &OpCtx, depthwise: bool) -> Result<OutletId, TfliteError> {
-        if ctx.inputs.len() < 2 {
-            return Err(ctx.unsupported("expected input, weights and bias"));
-        }
-        let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
-        let b_i = ctx.inputs.get(2).copied().filter(|&b| b >= 0);
-        let x = self.wire(ctx, x_i)?;
-        let k_shape = self.shape(k_i)?;
-        if k_shape.len() != 4 {
-            return Err(ctx.unsupported(format!("weights shape {k_shape:?}")));
-        }
-        let x_shape = self.shape(x_i)?;
-        let in_c = *x_shape.last().unwrap_or(&0);
-        let (padding, strides, dilations, act, group, out_c) = if depthwise {
-            let o = ctx
-                .flat
-                .builtin_options_as_depthwise_conv_2_doptions()
-                .ok_or_else(|| ctx.unsupported("missing options"))?;
-            if o.depth_multiplier() > 1 {
-                return Err(ctx.unsupported("depth multiplier > 1"));
-            }
-            (
-                o.padding(),
-                [o.stride_h(), o.stride_w()],
-                [o.dilation_h_factor(), o.dilation_w_factor()],
-                o.fused_activation_function(),
-                in_c,
-                k_shape[3],
-            )
-        } else {
-            let o = ctx
-                .flat
-                .builtin_options_as_conv_2_doptions()
-                .ok_or_else(|| ctx.unsupported("missing options"))?;
-            (
-                o.padding(),
-                [o.stride_h(), o.stride_w()],
-                [o.dilation_h_factor(), o.dilation_w_factor()],
-                o.fused_activation_function(),
-                1,
-                k_shape[0],
-            )
-        };
-        // OHWI: a convolution's I is its input depth; a depthwise's [1, H, W, C] has C = in_c.
-        if k_shape[3] != in_c || depthwise && out_c != in_c {
-            return Err(ctx.unsupported(format!(
-                "weights {k_shape:?} do not match {in_c} input channels"
-            )));
-        }
-        let padding = match padding {
-            Padding::SAME => PaddingSpec::SameUpper,
-            Padding::VALID => PaddingSpec::Valid,
-            p => return Err(ctx.unsupported(format!("padding {p:?}"))),
-        };
-        let pool_spec = PoolSpec {
-            data_format: DataFormat::NHWC,
-            kernel_shape: tvec!(k_shape[1], k_shape[2]),
-            padding,
-            strides: Some(tvec!(
-                strides[0].max(1) as usize,
-                strides[1].max(1) as usize
-            )),
-            dilations: Some(tvec!(
-                dilations[0].max(1) as usize,
-                dilations[1].max(1) as usize
-            )),
-            input_channels: in_c,
-            output_channels: out_c,
-        };
+        let ConvOptions {
+            x_shape,
+            k_shape,
+            pool_spec,
+            dilations,
+            act,
+            out_c,
+        } = conv_options(self, ctx, depthwise)?;
+        let x = self.wire(ctx, ctx.inputs[0])?;
+        let k = self.offsets_const(ctx, ctx.inputs[1])?;
+        let (bias, multiplier) = self.conv_bias_and_multiplier(ctx, out_c)?;
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
-        let y = match self.precision {
-            Precision::F32 => {
-                let kq = self
-                    .quant(k_i)?
-                    .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
-                let k = self.offsets_const(ctx, k_i)?;
-                let xs = self.scale(x_i)?;
-                let b = match b_i {
-                    Some(b_i) => self.bias_in_accumulator_units(ctx, b_i, xs, &kq, out_c)?,
-                    None => tract_ndarray::Array1::<f32>::zeros(out_c).into_dyn(),
-                };
-                let ys = self.scale(ctx.outputs[0])?;
-                let multiplier: Vec<f32> = if kq.per_tensor() {
-                    vec![xs * kq.scale[0] / ys]
-                } else {
-                    (0..out_c).map(|c| xs * kq.at(c).0 / ys).collect()
-                };
-                let geometry = depthwise
-                    .then(|| depthwise_geometry(&x_shape, &k_shape, &pool_spec))
-                    .flatten()
-                    .filter(|_| dilations.iter().all(|&d| d <= 1));
-                if let Some(geometry) = geometry {
-                    let (lo, hi) = self.output_range(ctx, act)?;
-                    let op = RequantizedDepthwise {
-                        geometry,
-                        // [1, H, W, C] → [H, W, C]: the same values, the layout the kernel reads.
-                        kernel: k.into_tensor().into_shape(&k_shape[1..])?.into_arc_tensor(),
-                        bias: b.iter().copied().collect(),
-                        multiplier: self.per_channel(ctx, x, &multiplier)?,
-                        lo,
-                        hi,
-                    };
-                    return Ok(self.target.wire_node(&name, op, &[x])?[0]);
-                }
-                let kw = self.konst(format!("{name}.weights"), k.into_tensor())?;
-                let bw = self.konst(format!("{name}.bias"), b.into_tensor())?;
-                let op = Conv {
-                    pool_spec,
-                    kernel_fmt: KernelFormat::OHWI,
-                    group,
-                    q_params: None,
-                };
-                let acc = self.target.wire_node(&name, op, &[x, kw, bw])?[0];
-                return self.requantize_f32(ctx, acc, &multiplier, act);
-            }
-            Precision::Int8 => self.conv_int8(ctx, &name, x, pool_spec, group, b_i, out_c)?,
+        let geometry = depthwise
+            .then(|| depthwise_geometry(&x_shape, &k_shape, &pool_spec))
+            .flatten()
+            .filter(|_| dilations.iter().all(|&d| d <= 1));
+        if let Some(geometry) = geometry {
+            let (lo, hi) = self.output_range(ctx, act)?;
+            let op = RequantizedDepthwise {
+                geometry,
+                // [1, H, W, C] → [H, W, C]: the same values, the layout the kernel reads.
+                kernel: k.into_tensor().into_shape(&k_shape[1..])?.into_arc_tensor(),
+                bias,
+                multiplier: self.per_channel(ctx, x, &multiplier)?,
+                lo,
+                hi,
+            };
+            return Ok(self.target.wire_node(&name, op, &[x])?[0]);
+        }
+        let kw = self.konst(format!("{name}.weights"), k.into_tensor())?;
+        let bw = self.konst(format!("{name}.bias"), tensor1(&bias))?;
+        let op = Conv {
+            pool_spec,
+            kernel_fmt: KernelFormat::OHWI,
+            group: if depthwise { x_shape[3] } else { 1 },
+            q_params: None,
         };
-        self.fused_activation(ctx, y, act)
+        let acc = self.target.wire_node(&name, op, &[x, kw, bw])?[0];
+        self.requantize_f32(ctx, acc, &multiplier, act)
+    }
+
+    /// The bias in accumulator units and the requantization multipliers (input scale × weight
+    /// scale / output scale: one, or one per output channel).
+    pub(super) fn conv_bias_and_multiplier(
+        &self,
+        ctx: &OpCtx,
+        out_c: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), TfliteError> {
+        let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
+        let kq = self
+            .quant(k_i)?
+            .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
+        let xs = self.scale(x_i)?;
+        let bias = match ctx.inputs.get(2).copied().filter(|&b| b >= 0) {
+            Some(b_i) => self
+                .bias_in_accumulator_units(ctx, b_i, xs, &kq, out_c)?
+                .iter()
+                .copied()
+                .collect(),
+            None => vec![0.0; out_c],
+        };
+        let ys = self.scale(ctx.outputs[0])?;
+        let multiplier = if kq.per_tensor() {
+            vec![xs * kq.scale[0] / ys]
+        } else {
+            (0..out_c).map(|c| xs * kq.at(c).0 / ys).collect()
+        };
+        Ok((bias, multiplier))
     }
 
     /// The bias in accumulator units (input scale × weight scale of its channel), which is how
@@ -168,82 +207,12 @@ impl Builder<'_> {
             .into_dyn(),
         )
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn conv_int8(
-        &mut self,
-        ctx: &OpCtx,
-        name: &str,
-        x: OutletId,
-        pool_spec: PoolSpec,
-        group: usize,
-        b_i: Option<i32>,
-        out_c: usize,
-    ) -> Result<OutletId, TfliteError> {
-        let k_i = ctx.inputs[1];
-        let x_dt = self.target.outlet_fact(x)?.datum_type;
-        let (x0, xs) = x_dt
-            .qparams()
-            .ok_or_else(|| ctx.unsupported("float input in the int8 graph"))?
-            .zp_scale();
-        let kq = self
-            .quant(k_i)?
-            .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
-        let y_dt = self.qtype(ctx, ctx.outputs[0])?;
-        let (y0, ys) = y_dt.qparams().unwrap().zp_scale();
-
-        let k = self.raw_const(ctx, k_i)?;
-        let k0 = if kq.zero_point.iter().all(|&z| z == kq.zero_point[0]) {
-            tensor0(kq.zero_point[0] as i32)
-        } else {
-            tensor1(&kq.zero_point.iter().map(|&z| z as i32).collect::<Vec<_>>())
-        };
-        let ks = if kq.per_tensor() {
-            tensor0(kq.scale[0])
-        } else {
-            if kq.scale.len() != out_c {
-                return Err(ctx.unsupported(format!(
-                    "{} weight scales for {out_c} output channels",
-                    kq.scale.len()
-                )));
-            }
-            tensor1(&kq.scale)
-        };
-        let bias = match b_i {
-            Some(b_i) => {
-                let raw = self.raw_const(ctx, b_i)?;
-                if raw.datum_type() != DatumType::I32 {
-                    return Err(ctx.unsupported("non-int32 bias in a quantized convolution"));
-                }
-                raw
-            }
-            None => tract_ndarray::Array1::<i32>::zeros(out_c).into_tensor(),
-        };
-        let inputs = [
-            x,
-            self.konst(format!("{name}.weights"), k)?,
-            self.konst(format!("{name}.bias"), bias)?,
-            self.konst(format!("{name}.x0"), tensor0(x0))?,
-            self.konst(format!("{name}.xs"), tensor0(xs))?,
-            self.konst(format!("{name}.k0"), k0)?,
-            self.konst(format!("{name}.ks"), ks)?,
-            self.konst(format!("{name}.y0"), tensor0(y0))?,
-            self.konst(format!("{name}.ys"), tensor0(ys))?,
-        ];
-        let op = Conv {
-            pool_spec,
-            kernel_fmt: KernelFormat::OHWI,
-            group,
-            q_params: Some(y_dt),
-        };
-        Ok(self.target.wire_node(name, op, &inputs)?[0])
-    }
 }
 
 /// The window geometry of a depthwise convolution over one NHWC image, with TFLite's SAME padding
 /// (the extra row or column, if any, at the bottom and right, as tract's `SameUpper`); `None`
 /// where our kernel does not apply (tract's own convolution runs those).
-fn depthwise_geometry(
+pub(super) fn depthwise_geometry(
     x_shape: &[usize],
     k_shape: &[usize],
     spec: &PoolSpec,

@@ -7,7 +7,6 @@ use tract_tflite::tflite::{ActivationFunctionType, TensorType};
 
 use super::ops::RequantizedAdd;
 use super::{Builder, OpCtx, TfliteError};
-use crate::models::Precision;
 
 impl Builder<'_> {
     pub(super) fn add(&mut self, ctx: &OpCtx) -> Result<OutletId, TfliteError> {
@@ -20,28 +19,21 @@ impl Builder<'_> {
             .map(|o| o.fused_activation_function())
             .unwrap_or(ActivationFunctionType::NONE);
         let name = self.unique(&format!("op{}.add", ctx.index));
-        if self.precision == Precision::F32 {
-            // Both inputs brought to the output's grid, summed, rounded once, as TFLite does.
-            let so = self.scale(ctx.outputs[0])?;
-            let (sa, sb) = (self.scale(ctx.inputs[0])?, self.scale(ctx.inputs[1])?);
-            let a = self.wire(ctx, ctx.inputs[0])?;
-            let b = self.wire(ctx, ctx.inputs[1])?;
-            if self.target.outlet_fact(a)?.shape == self.target.outlet_fact(b)?.shape {
-                let (lo, hi) = self.output_range(ctx, act)?;
-                let (ma, mb) = (sa / so, sb / so);
-                let op = RequantizedAdd { ma, mb, lo, hi };
-                return Ok(self.target.wire_node(name, op, &[a, b])?[0]);
-            }
-            let a = self.affine(a, &format!("{name}.a"), sa / so, 0.0)?;
-            let b = self.affine(b, &format!("{name}.b"), sb / so, 0.0)?;
-            let sum = wire_with_rank_broadcast(&name, &mut self.target, math::add(), &[a, b])?[0];
-            return self.requantize_f32(ctx, sum, &[1.0], act);
+        // Both inputs brought to the output's grid, summed, rounded once, as TFLite does.
+        let so = self.scale(ctx.outputs[0])?;
+        let (sa, sb) = (self.scale(ctx.inputs[0])?, self.scale(ctx.inputs[1])?);
+        let a = self.wire(ctx, ctx.inputs[0])?;
+        let b = self.wire(ctx, ctx.inputs[1])?;
+        if self.target.outlet_fact(a)?.shape == self.target.outlet_fact(b)?.shape {
+            let (lo, hi) = self.output_range(ctx, act)?;
+            let (ma, mb) = (sa / so, sb / so);
+            let op = RequantizedAdd { ma, mb, lo, hi };
+            return Ok(self.target.wire_node(name, op, &[a, b])?[0]);
         }
-        let a = self.real(ctx.inputs[0], &format!("{name}.a"))?;
-        let b = self.real(ctx.inputs[1], &format!("{name}.b"))?;
+        let a = self.affine(a, &format!("{name}.a"), sa / so, 0.0)?;
+        let b = self.affine(b, &format!("{name}.b"), sb / so, 0.0)?;
         let sum = wire_with_rank_broadcast(&name, &mut self.target, math::add(), &[a, b])?[0];
-        let y = self.fused_activation(ctx, sum, act)?;
-        self.requantize_output(ctx, y, "ADD")
+        self.requantize_f32(ctx, sum, &[1.0], act)
     }
 
     pub(super) fn reshape(&mut self, ctx: &OpCtx) -> Result<OutletId, TfliteError> {
@@ -65,16 +57,8 @@ impl Builder<'_> {
         if self.tensor(y_i)?.type_() == TensorType::FLOAT32 {
             return Err(ctx.unsupported("dequantizing to float inside the graph"));
         }
-        match self.precision {
-            Precision::F32 => {
-                let x = self.wire(ctx, x_i)?;
-                let m = self.scale(x_i)? / self.scale(y_i)?;
-                self.requantize_f32(ctx, x, &[m], ActivationFunctionType::NONE)
-            }
-            Precision::Int8 => {
-                let x = self.real(x_i, &format!("op{}", ctx.index))?;
-                self.requantize_output(ctx, x, ctx.name.as_str())
-            }
-        }
+        let x = self.wire(ctx, x_i)?;
+        let m = self.scale(x_i)? / self.scale(y_i)?;
+        self.requantize_f32(ctx, x, &[m], ActivationFunctionType::NONE)
     }
 }

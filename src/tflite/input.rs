@@ -26,15 +26,8 @@ impl Builder<'_> {
         let q = self.quant(i)?.filter(Quant::per_tensor).ok_or_else(|| {
             TfliteError::Format("uint8 input without quantization parameters".into())
         })?;
-        let (scale, zp) = (q.scale[0], q.zero_point[0]);
-        let dt = match self.precision {
-            Precision::F32 => DatumType::U8,
-            Precision::Int8 => DatumType::QU8(QParams::ZpScale {
-                zero_point: zp as i32,
-                scale,
-            }),
-        };
-        let src = self.target.add_source("input", dt.fact(&shape))?;
+        let zp = q.zero_point[0];
+        let src = self.target.add_source("input", u8::fact(&shape))?;
         let wire = match self.precision {
             Precision::Int8 => src,
             Precision::F32 => {
@@ -45,6 +38,6 @@ impl Builder<'_> {
             }
         };
         self.wires.insert(i, wire);
-        Ok((dt, shape[1] as u32))
+        Ok((DatumType::U8, shape[1] as u32))
     }
 }

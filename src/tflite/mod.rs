@@ -12,9 +12,10 @@
 //!   sums of this size are exact in f32, so the result is LiteRT's to the rare rounding tie, at
 //!   tract's f32 speed. (Plain dequantized weights with float activations drift further: cosine
 //!   0.9978 to LiteRT on one golden frame.)
-//! - [`Precision::Int8`]: convolutions run on tract's quantized kernels with the file's own scales
-//!   and zero points; ADD, pooling and QUANTIZE fall back to f32 between a dequantize and a
-//!   requantize, because tract cannot add two 8-bit tensors of different scales.
+//! - [`Precision::Int8`]: the same integers on u8 maps, with 8-bit operators of our own for the
+//!   1×1 and depthwise convolutions and the ADD (`int8`); the first convolution, the pooling and
+//!   QUANTIZE run as in the f32 graph between conversions. Same outputs as the f32 graph, a
+//!   quarter of the memory traffic.
 //!
 //! The graph is cut at the global pooling (the embedding) and at the input of the final SOFTMAX
 //! (the class logits; softmax is applied by the caller).
@@ -31,6 +32,7 @@
 mod conv;
 mod element_wise;
 mod input;
+mod int8;
 pub mod ops;
 mod pool;
 mod quant;
@@ -81,6 +83,16 @@ pub struct TfliteModel {
     pub logits: Option<OutletId>,
     /// Operators that run in f32 in the int8 graph (empty for f32).
     pub f32_fallbacks: Vec<String>,
+}
+
+/// Which arithmetic a precision's graph carries out, for cache keys: it changes whenever the
+/// numbers an embedding has change (f32 is still revision 1, keyed by the file alone; int8 became
+/// LiteRT's arithmetic on our kernels in revision 2).
+pub fn arithmetic_revision(precision: Precision) -> u32 {
+    match precision {
+        Precision::F32 => 1,
+        Precision::Int8 => 2,
+    }
 }
 
 pub fn build(bytes: &[u8], precision: Precision) -> Result<TfliteModel, TfliteError> {
@@ -177,27 +189,34 @@ impl<'a> Builder<'a> {
                 return Err(ctx.unsupported("expected exactly one output"));
             }
             let out = match code {
-                BuiltinOperator::CONV_2D => self.conv(&ctx, false)?,
-                BuiltinOperator::DEPTHWISE_CONV_2D => self.conv(&ctx, true)?,
-                BuiltinOperator::ADD => self.add(&ctx)?,
-                BuiltinOperator::AVERAGE_POOL_2D | BuiltinOperator::MEAN => {
-                    let (wire, emb) = self.global_pool(&ctx, code)?;
-                    embedding = Some(emb);
-                    wire
-                }
-                BuiltinOperator::RESHAPE => self.reshape(&ctx)?,
-                BuiltinOperator::QUANTIZE => self.requantize(&ctx)?,
                 BuiltinOperator::SOFTMAX => {
                     // The caller applies softmax in f32; we stop at the logits. What follows a
                     // final softmax only re-encodes the probabilities (TF2's output QUANTIZE).
                     logits = Some(self.real(ctx.inputs[0], "logits")?);
                     break;
                 }
+                BuiltinOperator::RESHAPE => self.reshape(&ctx)?,
+                _ if self.precision == Precision::Int8 => {
+                    let quantized = match code {
+                        BuiltinOperator::CONV_2D => self.conv_int8(&ctx, false)?,
+                        BuiltinOperator::DEPTHWISE_CONV_2D => self.conv_int8(&ctx, true)?,
+                        BuiltinOperator::ADD => self.add_int8(&ctx)?,
+                        _ => None,
+                    };
+                    match quantized {
+                        Some(wire) => wire,
+                        None => {
+                            let (wire, emb) =
+                                self.via_offsets(&ctx, |b| b.translate_f32(&ctx, code))?;
+                            embedding = emb.or(embedding);
+                            wire
+                        }
+                    }
+                }
                 _ => {
-                    return Err(TfliteError::UnsupportedOp {
-                        index,
-                        op: ctx.name,
-                    })
+                    let (wire, emb) = self.translate_f32(&ctx, code)?;
+                    embedding = emb.or(embedding);
+                    wire
                 }
             };
             self.wires.insert(ctx.outputs[0], out);
@@ -218,6 +237,31 @@ impl<'a> Builder<'a> {
             embedding,
             logits,
             f32_fallbacks: self.fallbacks,
+        })
+    }
+
+    /// One operator in the f32 graph's form; also the embedding when it is the global pooling.
+    fn translate_f32(
+        &mut self,
+        ctx: &OpCtx,
+        code: BuiltinOperator,
+    ) -> Result<(OutletId, Option<OutletId>), TfliteError> {
+        Ok(match code {
+            BuiltinOperator::CONV_2D => (self.conv(ctx, false)?, None),
+            BuiltinOperator::DEPTHWISE_CONV_2D => (self.conv(ctx, true)?, None),
+            BuiltinOperator::ADD => (self.add(ctx)?, None),
+            BuiltinOperator::AVERAGE_POOL_2D | BuiltinOperator::MEAN => {
+                let (wire, embedding) = self.global_pool(ctx, code)?;
+                (wire, Some(embedding))
+            }
+            BuiltinOperator::RESHAPE => (self.reshape(ctx)?, None),
+            BuiltinOperator::QUANTIZE => (self.requantize(ctx)?, None),
+            _ => {
+                return Err(TfliteError::UnsupportedOp {
+                    index: ctx.index,
+                    op: ctx.name.clone(),
+                })
+            }
         })
     }
 

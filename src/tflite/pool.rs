@@ -7,7 +7,6 @@ use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator};
 
 use super::read::values;
 use super::{Builder, OpCtx, TfliteError};
-use crate::models::Precision;
 
 impl Builder<'_> {
     /// AVERAGE_POOL_2D over the whole map, or MEAN over H and W: the embedding.
@@ -47,10 +46,7 @@ impl Builder<'_> {
             ActivationFunctionType::NONE
         };
         let name = self.unique(&format!("op{}.pool", ctx.index));
-        let x = match self.precision {
-            Precision::F32 => self.wire(ctx, x_i)?,
-            Precision::Int8 => self.real(x_i, &name)?,
-        };
+        let x = self.wire(ctx, x_i)?;
         let pool = SumPool {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NHWC,
@@ -65,9 +61,6 @@ impl Builder<'_> {
             normalize: true,
         };
         let mut y = self.target.wire_node(&name, pool, &[x])?[0];
-        if self.precision == Precision::Int8 {
-            y = self.fused_activation(ctx, y, act)?;
-        }
         let out_shape = self.shape(ctx.outputs[0])?;
         if out_shape.len() == 2 {
             y = self.target.wire_node(
@@ -81,13 +74,8 @@ impl Builder<'_> {
             )?[0];
         }
         // The embedding is the 8-bit pooled tensor, as LiteRT's is, in real units.
-        let next = match self.precision {
-            Precision::F32 => {
-                let m = self.scale(x_i)? / self.scale(ctx.outputs[0])?;
-                self.requantize_f32(ctx, y, &[m], act)?
-            }
-            Precision::Int8 => self.requantize_output(ctx, y, ctx.name.as_str())?,
-        };
+        let m = self.scale(x_i)? / self.scale(ctx.outputs[0])?;
+        let next = self.requantize_f32(ctx, y, &[m], act)?;
         self.wires.insert(ctx.outputs[0], next);
         let embedding = self.real(ctx.outputs[0], &name)?;
         Ok((next, embedding))

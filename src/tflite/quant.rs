@@ -1,6 +1,5 @@
 //! Quantization arithmetic in the graph: real values, requantization, fused activations.
 
-use tract_core::ops::cast::cast;
 use tract_core::ops::change_axes::wire_with_rank_broadcast;
 use tract_core::ops::math;
 use tract_tflite::internal::*;
@@ -43,8 +42,8 @@ impl Builder<'_> {
         Ok(wire_with_rank_broadcast(self.unique(name), &mut self.target, op, &[x, c])?[0])
     }
 
-    /// Tensor `i` as f32 real values: `offset × scale` in the f32 graph, a dequantize in the
-    /// int8 graph.
+    /// Tensor `i` as f32 real values: `offset × scale`, from the f32 graph's offsets or the
+    /// int8 graph's u8 values.
     pub(super) fn real(&mut self, i: i32, name: &str) -> Result<OutletId, TfliteError> {
         let w = *self.wires.get(&i).ok_or_else(|| {
             TfliteError::Graph(format!("tensor {i} is not produced by any operator"))
@@ -54,11 +53,11 @@ impl Builder<'_> {
                 let s = self.scale(i)?;
                 self.affine(w, &format!("{name}.real"), s, 0.0)
             }
-            Precision::Int8 => Ok(self.target.wire_node(
-                self.unique(&format!("{name}.dequant")),
-                cast(DatumType::F32),
-                &[w],
-            )?[0]),
+            Precision::Int8 => {
+                let x = self.u8_to_offsets(i, w)?;
+                let s = self.scale(i)?;
+                self.affine(x, &format!("{name}.real"), s, 0.0)
+            }
         }
     }
 
@@ -145,67 +144,5 @@ impl Builder<'_> {
             n if n == channels => Ok(multiplier.to_vec()),
             n => Err(ctx.unsupported(format!("{n} multipliers for {channels} channels"))),
         }
-    }
-
-    pub(super) fn fused_activation(
-        &mut self,
-        ctx: &OpCtx,
-        x: OutletId,
-        act: ActivationFunctionType,
-    ) -> Result<OutletId, TfliteError> {
-        let (lo, hi) = match act {
-            ActivationFunctionType::NONE => return Ok(x),
-            ActivationFunctionType::RELU => (0.0f32, None),
-            ActivationFunctionType::RELU6 => (0.0, Some(6.0f32)),
-            ActivationFunctionType::RELU_N1_TO_1 => (-1.0, Some(1.0)),
-            other => {
-                return Err(ctx.unsupported(format!(
-                    "fused activation {}",
-                    other.variant_name().unwrap_or("?")
-                )))
-            }
-        };
-        let dt = self.target.outlet_fact(x)?.datum_type;
-        let bound = |b: &mut Self, v: f32| -> Result<OutletId, TfliteError> {
-            let t = match dt.qparams() {
-                None => tensor0(v),
-                // The clamp bound in the output's own integer grid, as TFLite computes it.
-                Some(_) => tensor0(v).cast_to_dt(dt)?.into_owned(),
-            };
-            b.konst(b.unique(&format!("{}.bound", ctx.name)), t)
-        };
-        let l = bound(self, lo)?;
-        let mut y = wire_with_rank_broadcast(
-            self.unique(&format!("op{}.relu", ctx.index)),
-            &mut self.target,
-            math::max(),
-            &[x, l],
-        )?[0];
-        if let Some(hi) = hi {
-            let h = bound(self, hi)?;
-            y = wire_with_rank_broadcast(
-                self.unique(&format!("op{}.clip", ctx.index)),
-                &mut self.target,
-                math::min(),
-                &[y, h],
-            )?[0];
-        }
-        Ok(y)
-    }
-
-    /// In the int8 graph, quantizes an f32 intermediate into the op's output type.
-    pub(super) fn requantize_output(
-        &mut self,
-        ctx: &OpCtx,
-        y: OutletId,
-        what: &str,
-    ) -> Result<OutletId, TfliteError> {
-        let dt = self.qtype(ctx, ctx.outputs[0])?;
-        self.fallbacks.push(format!("#{} {what}", ctx.index));
-        Ok(self.target.wire_node(
-            self.unique(&format!("op{}.requant", ctx.index)),
-            cast(dt),
-            &[y],
-        )?[0])
     }
 }

@@ -178,26 +178,6 @@ impl<'a> Builder<'a> {
         // `from_raw_dt` copies it into an aligned buffer.
         Ok(unsafe { Tensor::from_raw_dt(dt, &shape, data)? })
     }
-
-    /// The 8-bit type of an activation tensor in the int8 graph.
-    pub(super) fn qtype(&self, ctx: &OpCtx, i: i32) -> Result<DatumType, TfliteError> {
-        let t = self.tensor(i)?;
-        let q = self.quant(i)?.filter(Quant::per_tensor).ok_or_else(|| {
-            ctx.unsupported(format!("activation tensor {i} is not per-tensor quantized"))
-        })?;
-        let params = QParams::ZpScale {
-            zero_point: q.zero_point[0] as i32,
-            scale: q.scale[0],
-        };
-        match t.type_() {
-            TensorType::UINT8 => Ok(DatumType::QU8(params)),
-            TensorType::INT8 => Ok(DatumType::QI8(params)),
-            other => Err(ctx.unsupported(format!(
-                "activation of type {}",
-                other.variant_name().unwrap_or("?")
-            ))),
-        }
-    }
 }
 
 /// A constant's elements converted to `T`.

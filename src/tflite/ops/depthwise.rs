@@ -3,7 +3,7 @@
 
 use tract_core::internal::*;
 
-use super::kernels::{self, DepthwiseGeometry};
+use super::kernels::{self, DepthwiseGeometry, DepthwiseParams};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequantizedDepthwise {
@@ -57,11 +57,20 @@ impl EvalOp for RequantizedDepthwise {
         let mut y =
             unsafe { Tensor::uninitialized::<f32>(&[batch, g.out_h, g.out_w, g.channels])? };
         let (in_len, out_len) = (g.in_h * g.in_w * g.channels, g.out_h * g.out_w * g.channels);
+        let params = DepthwiseParams {
+            kernel: k,
+            bias: &self.bias,
+            multiplier: &self.multiplier,
+            lo: self.lo,
+            hi: self.hi,
+            x_zero_point: 0.0,
+            y_zero_point: 0.0,
+        };
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
             for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                kernels::depthwise(g, x, k, &self.bias, &self.multiplier, self.lo, self.hi, y);
+                kernels::depthwise::<f32, f32, false>(g, &params, x, y);
             }
         }
         Ok(tvec!(y.into_tvalue()))

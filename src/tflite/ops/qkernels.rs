@@ -1,0 +1,556 @@
+//! The 8-bit loops behind the int8 graph: the convolution as a matrix product of u8 pixels by
+//! 16-bit weight offsets, accumulated in i32, and the ADD, each ending in the requantization onto
+//! the output's u8 grid. (The depthwise convolution runs on the f32 graph's loop, reading and
+//! writing u8: its nine products a value gain nothing from 8-bit lanes.)
+//!
+//! Arithmetic: LiteRT's own, as its default CPU path (XNNPACK) computes it. Every accumulator is
+//! the exact integer sum, with the file's int32 bias as it is; each layer ends with XNNPACK's f32
+//! requantization (round to nearest even) and the ADD with its integer multipliers. On the golden
+//! frames the embeddings are LiteRT's (cosine 1.000000).
+//!
+//! The matrix product is written with AVX-512 VNNI intrinsics where the CPU has them (`vpdpbusd`:
+//! 64 multiply-adds an instruction), AVX2 ones elsewhere on x86 (`vpmaddwd`: 16), and as plain
+//! loops on other CPUs, which LLVM turns into NEON widening multiply-adds.
+
+/// Output channels one pass of the matrix product computes (two AVX2 registers of i32).
+pub const BLOCK_N: usize = 16;
+/// Pixels one pass of the matrix product computes, sharing each weight load.
+const BLOCK_P: usize = 4;
+
+/// 1×1 convolution weights as offsets from their zero points, packed for the product: for each
+/// block of 16 output channels, for each pair of input channels, the 16 channels' two weights
+/// interleaved (`[c0k0, c0k1, c1k0, c1k1, ...]`), zero-padded to whole blocks and pairs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PackedWeights {
+    pub n: usize,
+    pub k: usize,
+    k_pairs: usize,
+    blocks: usize,
+    data: Vec<i16>,
+    /// The same weights as bytes for `vpdpbusd`, where the CPU has AVX-512 VNNI.
+    quads: Option<Quads>,
+}
+
+/// Weights packed for a u8 × i8 product four input channels at a time: for each block of 16
+/// output channels, for each quad of input channels, the 16 channels' four weights side by side.
+/// A channel whose offsets do not fit in i8 (uint8 weights minus their zero point lie anywhere in
+/// ±255, though one channel's span at most 256 values) is stored shifted by `shift[c]`, and the
+/// product adds `shift[c] × Σ pixels` back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Quads {
+    k_quads: usize,
+    data: Vec<i8>,
+    /// Per channel, padded to whole blocks.
+    shift: Vec<i32>,
+    any_shift: bool,
+}
+
+impl Quads {
+    /// `None` if a channel's offsets span more than 256 values (no 8-bit shift holds them).
+    fn pack(w: &[i16], n: usize, k: usize, blocks: usize) -> Option<Quads> {
+        let k_quads = k.div_ceil(4);
+        let mut data = vec![0i8; blocks * k_quads * BLOCK_N * 4];
+        let mut shift = vec![0i32; blocks * BLOCK_N];
+        for c in 0..n {
+            let row = &w[c * k..][..k];
+            let (lo, hi) = row
+                .iter()
+                .fold((i16::MAX, i16::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            if hi as i32 - lo as i32 > 255 {
+                return None;
+            }
+            shift[c] = if lo >= -128 && hi <= 127 {
+                0
+            } else {
+                lo as i32 + 128
+            };
+            let (block, lane) = (c / BLOCK_N, c % BLOCK_N);
+            for (i, &v) in row.iter().enumerate() {
+                let at = (block * k_quads + i / 4) * BLOCK_N * 4 + lane * 4 + i % 4;
+                data[at] = (v as i32 - shift[c]) as i8;
+            }
+        }
+        let any_shift = shift.iter().any(|&d| d != 0);
+        Some(Quads {
+            k_quads,
+            data,
+            shift,
+            any_shift,
+        })
+    }
+}
+
+impl PackedWeights {
+    /// `w` is `[n][k]` offsets (`q - zero_point`, within ±255).
+    pub fn pack(w: &[i16], n: usize, k: usize) -> PackedWeights {
+        assert_eq!(w.len(), n * k, "weights are [n][k]");
+        let k_pairs = k.div_ceil(2);
+        let blocks = n.div_ceil(BLOCK_N);
+        let mut data = vec![0i16; blocks * k_pairs * BLOCK_N * 2];
+        for c in 0..n {
+            let (block, lane) = (c / BLOCK_N, c % BLOCK_N);
+            for i in 0..k {
+                let at = (block * k_pairs + i / 2) * BLOCK_N * 2 + lane * 2 + i % 2;
+                data[at] = w[c * k + i];
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        let quads = (std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw"))
+        .then(|| Quads::pack(w, n, k, blocks))
+        .flatten();
+        #[cfg(not(target_arch = "x86_64"))]
+        let quads = None;
+        PackedWeights {
+            n,
+            k,
+            k_pairs,
+            blocks,
+            data,
+            quads,
+        }
+    }
+}
+
+/// The end of a layer on the u8 grid, as LiteRT's default CPU path (XNNPACK) ends it: `acc + bias`
+/// times the channel's f32 multiplier (input scale × weight scale / output scale), rounded to
+/// nearest even, plus the output zero point, clamped to `[lo, hi]` (the 8-bit range met with the
+/// fused activation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requant {
+    /// Per output channel, in accumulator units, padded with zeros to whole blocks of
+    /// [`BLOCK_N`]; for the matrix product it also holds `-x_zero_point × Σ weights`, so pixels
+    /// enter as raw bytes.
+    bias: Vec<i32>,
+    /// Per output channel, padded as `bias`.
+    multiplier: Vec<f32>,
+    zero_point: f32,
+    lo: f32,
+    hi: f32,
+}
+
+// Multipliers are finite numbers from the model file, never NaN.
+impl Eq for Requant {}
+
+impl Requant {
+    pub fn new(bias: Vec<i32>, multiplier: Vec<f32>, zero_point: i32, lo: i32, hi: i32) -> Requant {
+        assert_eq!(
+            bias.len(),
+            multiplier.len(),
+            "one bias and one multiplier per channel"
+        );
+        let padded = bias.len().div_ceil(BLOCK_N) * BLOCK_N;
+        let (mut bias, mut multiplier) = (bias, multiplier);
+        bias.resize(padded, 0);
+        multiplier.resize(padded, 0.0);
+        Requant {
+            bias,
+            multiplier,
+            zero_point: zero_point as f32,
+            // Within the u8 grid whatever the caller passes: the narrowing relies on it.
+            lo: lo.clamp(0, 255) as f32,
+            hi: hi.clamp(0, 255) as f32,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// Folds `-x_zero_point × Σ weights` of each channel into its bias.
+    pub fn fold_input_zero_point(&mut self, x_zero_point: i32, weight_sums: &[i32]) {
+        for (b, &sum) in self.bias.iter_mut().zip(weight_sums) {
+            *b -= x_zero_point * sum;
+        }
+    }
+
+    /// The 16 channels from `c0` (a multiple of 16), in one vectorisable pass.
+    #[inline(always)]
+    fn block(&self, c0: usize, acc: &[i32; BLOCK_N], out: &mut [u8; BLOCK_N]) {
+        let bias: &[i32; BLOCK_N] = self.bias[c0..c0 + BLOCK_N].try_into().unwrap();
+        let m: &[f32; BLOCK_N] = self.multiplier[c0..c0 + BLOCK_N].try_into().unwrap();
+        for l in 0..BLOCK_N {
+            let v = ((acc[l] + bias[l]) as f32 * m[l]).round_ties_even();
+            let v = (v + self.zero_point).max(self.lo).min(self.hi);
+            // Safety: clamped to [lo, hi] within 0..=255 (max/min never return NaN here).
+            out[l] = unsafe { v.to_int_unchecked::<i32>() } as u8;
+        }
+    }
+}
+
+/// `y[p][c] = requant(Σ_i x[p][i] × w[c][i])` for `p` pixels of `k` channels each.
+pub fn matmul(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(quads) = &w.quads {
+        // Safety: byte weights are packed only where the CPU has AVX-512 F, BW and VNNI.
+        return unsafe { avx512vnni::matmul_quads(x, pixels, w, quads, r, y) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Safety: the CPU has AVX2 (checked just above).
+        return unsafe { avx2::matmul(x, pixels, w, r, y) };
+    }
+    matmul_portable(x, pixels, w, r, y)
+}
+
+/// Gathers each output pixel's window into one row, `[kernel_h][kernel_w][C]`, so a k×k
+/// convolution becomes a product; taps outside the map take the input zero point, whose offset
+/// is zero, as TFLite pads.
+pub fn im2col(g: &super::kernels::DepthwiseGeometry, x: &[u8], zero_point: u8, out: &mut [u8]) {
+    let c = g.channels;
+    let row = g.kernel_h * g.kernel_w * c;
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let dst = &mut out[(oy * g.out_w + ox) * row..][..row];
+            for ky in 0..g.kernel_h {
+                let iy = (oy * g.stride_h + ky) as isize - g.pad_top as isize;
+                for kx in 0..g.kernel_w {
+                    let ix = (ox * g.stride_w + kx) as isize - g.pad_left as isize;
+                    let d = &mut dst[(ky * g.kernel_w + kx) * c..][..c];
+                    if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                        d.fill(zero_point);
+                    } else {
+                        d.copy_from_slice(&x[(iy as usize * g.in_w + ix as usize) * c..][..c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Widens up to `BLOCK_P` rows of pixels into i16, zero-padded to whole pairs and whole blocks.
+#[inline(always)]
+fn widen_rows(x: &[u8], k: usize, first: usize, rows: usize, row_len: usize, out: &mut [i16]) {
+    out.fill(0);
+    for r in 0..rows {
+        let src = &x[(first + r) * k..][..k];
+        for (d, &s) in out[r * row_len..][..k].iter_mut().zip(src) {
+            *d = s as i16;
+        }
+    }
+}
+
+/// Writes a block's accumulators, requantized, into the rows and channels that exist.
+#[inline(always)]
+fn store_block(
+    acc: &[[i32; BLOCK_N]; BLOCK_P],
+    rows: usize,
+    first_pixel: usize,
+    block: usize,
+    r: &Requant,
+    n: usize,
+    y: &mut [u8],
+) {
+    let c0 = block * BLOCK_N;
+    let width = BLOCK_N.min(n - c0);
+    for (row, acc) in acc.iter().enumerate().take(rows) {
+        let mut out = [0u8; BLOCK_N];
+        r.block(c0, acc, &mut out);
+        y[(first_pixel + row) * n + c0..][..width].copy_from_slice(&out[..width]);
+    }
+}
+
+fn matmul_portable(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &mut [u8]) {
+    let row_len = w.k_pairs * 2;
+    let mut xs = vec![0i16; BLOCK_P * row_len];
+    for p0 in (0..pixels).step_by(BLOCK_P) {
+        let rows = BLOCK_P.min(pixels - p0);
+        widen_rows(x, w.k, p0, rows, row_len, &mut xs);
+        for block in 0..w.blocks {
+            let wb = &w.data[block * w.k_pairs * BLOCK_N * 2..][..w.k_pairs * BLOCK_N * 2];
+            let mut acc = [[0i32; BLOCK_N]; BLOCK_P];
+            for (q, wq) in wb.chunks_exact(BLOCK_N * 2).enumerate() {
+                for (row, acc) in acc.iter_mut().enumerate() {
+                    let x0 = xs[row * row_len + 2 * q] as i32;
+                    let x1 = xs[row * row_len + 2 * q + 1] as i32;
+                    for j in 0..BLOCK_N {
+                        acc[j] += x0 * wq[2 * j] as i32 + x1 * wq[2 * j + 1] as i32;
+                    }
+                }
+            }
+            store_block(&acc, rows, p0, block, r, w.n, y);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn matmul(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &mut [u8]) {
+        let row_len = w.k_pairs * 2;
+        let mut xs = vec![0i16; BLOCK_P * row_len];
+        for p0 in (0..pixels).step_by(BLOCK_P) {
+            let rows = BLOCK_P.min(pixels - p0);
+            widen_rows(x, w.k, p0, rows, row_len, &mut xs);
+            for block in 0..w.blocks {
+                let wb = &w.data[block * w.k_pairs * BLOCK_N * 2..][..w.k_pairs * BLOCK_N * 2];
+                let mut acc = [_mm256_setzero_si256(); 2 * BLOCK_P];
+                for (q, wq) in wb.chunks_exact(BLOCK_N * 2).enumerate() {
+                    // Safety: `wq` holds 32 i16 (two 256-bit loads); unaligned loads.
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm256_loadu_si256(wq.as_ptr() as *const __m256i),
+                            _mm256_loadu_si256(wq.as_ptr().add(16) as *const __m256i),
+                        )
+                    };
+                    for row in 0..BLOCK_P {
+                        let at = row * row_len + 2 * q;
+                        // The pixel's two channels as one i32, broadcast: (x0, x1) in each lane.
+                        let pair = (xs[at] as u16 as u32 | (xs[at + 1] as u16 as u32) << 16) as i32;
+                        let xv = _mm256_set1_epi32(pair);
+                        acc[2 * row] = _mm256_add_epi32(acc[2 * row], _mm256_madd_epi16(xv, w0));
+                        acc[2 * row + 1] =
+                            _mm256_add_epi32(acc[2 * row + 1], _mm256_madd_epi16(xv, w1));
+                    }
+                }
+                let mut out = [[0i32; BLOCK_N]; BLOCK_P];
+                for (row, out) in out.iter_mut().enumerate() {
+                    // Safety: each row is 16 i32, two 256-bit stores.
+                    unsafe {
+                        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, acc[2 * row]);
+                        _mm256_storeu_si256(
+                            out.as_mut_ptr().add(8) as *mut __m256i,
+                            acc[2 * row + 1],
+                        );
+                    }
+                }
+                store_block(&out, rows, p0, block, r, w.n, y);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// 16 channels to a register, `vpdpbusd` doing four u8 × i8 products and their sum into
+    /// each i32 lane in one instruction (64 multiply-adds).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) fn matmul_quads(
+        x: &[u8],
+        pixels: usize,
+        w: &PackedWeights,
+        quads: &Quads,
+        r: &Requant,
+        y: &mut [u8],
+    ) {
+        let row_len = quads.k_quads * 4;
+        let mut xs = vec![0u8; BLOCK_P * row_len];
+        let mut sums = [0i32; BLOCK_P];
+        for p0 in (0..pixels).step_by(BLOCK_P) {
+            let rows = BLOCK_P.min(pixels - p0);
+            xs.fill(0);
+            for row in 0..rows {
+                let src = &x[(p0 + row) * w.k..][..w.k];
+                xs[row * row_len..][..w.k].copy_from_slice(src);
+                if quads.any_shift {
+                    sums[row] = src.iter().map(|&v| v as i32).sum();
+                }
+            }
+            for block in 0..w.blocks {
+                let wb = &quads.data[block * quads.k_quads * BLOCK_N * 4..]
+                    [..quads.k_quads * BLOCK_N * 4];
+                let mut acc = [_mm512_setzero_si512(); BLOCK_P];
+                for (q, wq) in wb.chunks_exact(BLOCK_N * 4).enumerate() {
+                    // Safety: `wq` holds 64 bytes, one 512-bit unaligned load.
+                    let wv = unsafe { _mm512_loadu_si512(wq.as_ptr() as *const __m512i) };
+                    for (row, acc) in acc.iter_mut().enumerate() {
+                        // Safety: the row holds whole quads; four pixel bytes as one i32.
+                        let quad = unsafe {
+                            (xs.as_ptr().add(row * row_len + 4 * q) as *const i32).read_unaligned()
+                        };
+                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(quad), wv);
+                    }
+                }
+                if quads.any_shift {
+                    // Safety: shifts are padded to whole blocks.
+                    let shift = unsafe {
+                        _mm512_loadu_si512(
+                            quads.shift.as_ptr().add(block * BLOCK_N) as *const __m512i
+                        )
+                    };
+                    for (acc, &sum) in acc.iter_mut().zip(&sums) {
+                        *acc = _mm512_add_epi32(
+                            *acc,
+                            _mm512_mullo_epi32(_mm512_set1_epi32(sum), shift),
+                        );
+                    }
+                }
+                store(&acc, rows, p0, block, r, w.n, y);
+            }
+        }
+    }
+
+    /// The requantization in registers: + bias, × multiplier, to the nearest integer (ties to
+    /// even: the conversion's rounding mode), + zero point, clamped, narrowed to bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn store(
+        acc: &[__m512i; BLOCK_P],
+        rows: usize,
+        p0: usize,
+        block: usize,
+        r: &Requant,
+        n: usize,
+        y: &mut [u8],
+    ) {
+        let c0 = block * BLOCK_N;
+        // Safety: bias and multipliers are padded to whole blocks of 16.
+        let (bias, m) = unsafe {
+            (
+                _mm512_loadu_si512(r.bias.as_ptr().add(c0) as *const __m512i),
+                _mm512_loadu_ps(r.multiplier.as_ptr().add(c0)),
+            )
+        };
+        let (zp, lo, hi) = (
+            _mm512_set1_epi32(r.zero_point as i32),
+            _mm512_set1_epi32(r.lo as i32),
+            _mm512_set1_epi32(r.hi as i32),
+        );
+        let width = BLOCK_N.min(n - c0);
+        for (row, &acc) in acc.iter().enumerate().take(rows) {
+            let v = _mm512_cvtps_epi32(_mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)),
+                m,
+            ));
+            let v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zp), lo), hi);
+            let mut bytes = [0u8; BLOCK_N];
+            // Safety: 16 bytes into a 16-byte array.
+            unsafe {
+                _mm_storeu_si128(
+                    bytes.as_mut_ptr() as *mut __m128i,
+                    _mm512_cvtusepi32_epi8(v),
+                )
+            };
+            y[(p0 + row) * n + c0..][..width].copy_from_slice(&bytes[..width]);
+        }
+    }
+}
+
+/// The 8-bit ADD as LiteRT's default CPU path (XNNPACK's `qu8_vadd`) computes it: each input's
+/// scale over the output's as an integer multiplier of about 21 bits, one integer sum with the
+/// zero points and the rounding folded into a bias, one arithmetic shift, clamped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddParams {
+    pub bias: i32,
+    pub a_multiplier: i32,
+    pub b_multiplier: i32,
+    pub shift: u32,
+    pub zero_point: i32,
+    /// The output range on the u8 grid.
+    pub lo: i32,
+    pub hi: i32,
+}
+
+impl AddParams {
+    /// From the inputs' and the output's scales and zero points (`[a, b, output]`).
+    pub fn new(scales: [f32; 3], zero_points: [i32; 3], lo: i32, hi: i32) -> AddParams {
+        let [sa, sb, so] = scales;
+        let (a_scale, b_scale) = (sa / so, sb / so);
+        let max_scale = a_scale.abs().max(b_scale.abs());
+        let exponent = (max_scale.to_bits() >> 23) as i32 - 127;
+        // 20 bits for the larger multiplier, within XNNPACK's [12, 30] shifts.
+        let shift = (20 - exponent).clamp(12, 30) as u32;
+        let scaled = |s: f32| (s * (1u32 << shift) as f32).round_ties_even() as i32;
+        let (a_multiplier, b_multiplier) = (scaled(a_scale), scaled(b_scale));
+        let rounding = 1i32 << (shift - 1);
+        AddParams {
+            bias: rounding - a_multiplier * zero_points[0] - b_multiplier * zero_points[1],
+            a_multiplier,
+            b_multiplier,
+            shift,
+            zero_point: zero_points[2],
+            lo,
+            hi,
+        }
+    }
+
+    #[inline(always)]
+    fn apply(&self, a: u8, b: u8) -> u8 {
+        let acc = self.bias + a as i32 * self.a_multiplier + b as i32 * self.b_multiplier;
+        ((acc >> self.shift) + self.zero_point).clamp(self.lo, self.hi) as u8
+    }
+}
+
+pub fn add(a: &[u8], b: &[u8], p: &AddParams, y: &mut [u8]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = p.apply(a, b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain definition of a product, requantized.
+    fn reference(
+        x: &[u8],
+        w: &[i16],
+        r: (&[i32], &[f32]),
+        shape: (usize, usize, usize),
+    ) -> Vec<u8> {
+        let (pixels, n, k) = shape;
+        let (bias, m) = r;
+        let mut expected = vec![0u8; pixels * n];
+        for p in 0..pixels {
+            for c in 0..n {
+                let acc: i32 = (0..k)
+                    .map(|i| x[p * k + i] as i32 * w[c * k + i] as i32)
+                    .sum();
+                let v = ((acc + bias[c]) as f32 * m[c]).round_ties_even() as i32;
+                expected[p * n + c] = (v + 128).clamp(28, 248) as u8;
+            }
+        }
+        expected
+    }
+
+    #[test]
+    fn matmul_is_the_exact_integer_product_requantized() {
+        // 21 output channels (a block and a tail), 7 input channels (an odd one out of pairs and
+        // quads), 6 pixels (a block of 4 and a tail). Weights as uint8 files have them (offsets
+        // from a zero point of 100: some channels need the byte layout's shift) and as int8
+        // files have them (within ±127).
+        let (n, k, pixels) = (21, 7, 6);
+        let x: Vec<u8> = (0..pixels * k).map(|i| ((i * 131) % 256) as u8).collect();
+        let bias: Vec<i32> = (0..n as i32).map(|c| (c - 10) * 20_000).collect();
+        for (zero_point, scale) in [(100i16, 0.001f32), (127, 0.002)] {
+            let w: Vec<i16> = (0..n * k)
+                .map(|i| ((i * 89) % if zero_point == 127 { 255 } else { 256 }) as i16 - zero_point)
+                .collect();
+            let m: Vec<f32> = (0..n).map(|c| scale + c as f32 * 1e-4).collect();
+            let r = Requant::new(bias.clone(), m.clone(), 128, 28, 248);
+            let expected = reference(&x, &w, (&bias, &m), (pixels, n, k));
+            assert!(
+                expected.contains(&28) && expected.contains(&248),
+                "clamps exercised"
+            );
+            assert!(
+                expected.iter().any(|&v| v > 28 && v < 248),
+                "not all clamped"
+            );
+            let packed = PackedWeights::pack(&w, n, k);
+            let mut y = vec![0u8; pixels * n];
+            matmul(&x, pixels, &packed, &r, &mut y);
+            assert_eq!(y, expected);
+            let mut portable = vec![0u8; pixels * n];
+            matmul_portable(&x, pixels, &packed, &r, &mut portable);
+            assert_eq!(portable, expected);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![0u8; pixels * n];
+                // Safety: the CPU has AVX2 (checked just above).
+                unsafe { avx2::matmul(&x, pixels, &packed, &r, &mut avx2) };
+                assert_eq!(avx2, expected);
+            }
+            if let Some(quads) = &packed.quads {
+                assert_eq!(quads.any_shift, zero_point == 100);
+            }
+        }
+    }
+}
