@@ -35,6 +35,7 @@ PYTHON=${PYTHON:-python3}
 PEER=benches/peer/backbone_peers.py
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=$TARGET/backbone_vs_peers.txt
+CORES=$(nproc) # before the loop sets OMP_NUM_THREADS, which nproc obeys
 
 if ! [[ $RUNS =~ ^[0-9]+$ ]] || ((RUNS < 50)); then
     echo "error: BENCH_RUNS=$RUNS: at least 50 timed frames per configuration" >&2
@@ -130,7 +131,7 @@ done
 # --- 4. the table -----------------------------------------------------------------------------
 echo
 echo "backbone latency, batch 1, 224x224 RGB, ${RUNS} timed frames per row (6 golden frames round-robin)"
-echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //'), $(nproc) cores;" \
+echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //'), $CORES cores;" \
     "edge-mnv2 $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src benches 2>/dev/null || echo '+changes')"
 if [[ $PEERS_OK == 1 ]]; then
     "$VENV/bin/python" -c 'import ai_edge_litert as a, onnxruntime as o; print(f"ai-edge-litert {a.__version__}, onnxruntime {o.__version__}")' 2>/dev/null ||
