@@ -6,7 +6,7 @@ use tract_tflite::internal::*;
 use tract_tflite::tflite::{ActivationFunctionType, Padding};
 
 use super::ops::kernels::{DepthwiseGeometry, MAX_TAPS};
-use super::ops::RequantizedDepthwise;
+use super::ops::{DepthwiseMaps, RequantizedDepthwise};
 use super::read::{values, Quant};
 use super::{Builder, OpCtx, TfliteError};
 
@@ -16,9 +16,10 @@ pub(super) struct ConvOptions {
     /// OHWI; a depthwise's is `[1, H, W, C]`.
     pub k_shape: Vec<usize>,
     pub pool_spec: PoolSpec,
-    pub dilations: [usize; 2],
     pub act: ActivationFunctionType,
     pub out_c: usize,
+    /// The window geometry where our loops run it (no dilation, at most 25 taps).
+    pub window: Option<DepthwiseGeometry>,
 }
 
 pub(super) fn conv_options(
@@ -88,13 +89,15 @@ pub(super) fn conv_options(
         input_channels: in_c,
         output_channels: out_c,
     };
+    let window = depthwise_geometry(&x_shape, &k_shape, &pool_spec)
+        .filter(|_| dilations.iter().all(|&d| d == 1));
     Ok(ConvOptions {
         x_shape,
         k_shape,
         pool_spec,
-        dilations,
         act,
         out_c,
+        window,
     })
 }
 
@@ -105,23 +108,20 @@ impl Builder<'_> {
             x_shape,
             k_shape,
             pool_spec,
-            dilations,
             act,
             out_c,
+            window,
         } = conv_options(self, ctx, depthwise)?;
         let x = self.wire(ctx, ctx.inputs[0])?;
         let k = self.offsets_const(ctx, ctx.inputs[1])?;
         let (bias, multiplier) = self.conv_bias_and_multiplier(ctx, out_c)?;
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
-        let geometry = depthwise
-            .then(|| depthwise_geometry(&x_shape, &k_shape, &pool_spec))
-            .flatten()
-            .filter(|_| dilations.iter().all(|&d| d <= 1));
-        if let Some(geometry) = geometry {
+        if let Some(geometry) = window.filter(|_| depthwise) {
             let (lo, hi) = self.output_range(ctx, act)?;
             let op = RequantizedDepthwise {
                 geometry,
-                // [1, H, W, C] → [H, W, C]: the same values, the layout the kernel reads.
+                maps: DepthwiseMaps::Offsets,
+                // [1, H, W, C] → [H, W, C]: the same values, the layout the loop reads.
                 kernel: k.into_tensor().into_shape(&k_shape[1..])?.into_arc_tensor(),
                 bias,
                 multiplier: self.per_channel(ctx, x, &multiplier)?,
@@ -212,7 +212,7 @@ impl Builder<'_> {
 /// The window geometry of a depthwise convolution over one NHWC image, with TFLite's SAME padding
 /// (the extra row or column, if any, at the bottom and right, as tract's `SameUpper`); `None`
 /// where our kernel does not apply (tract's own convolution runs those).
-pub(super) fn depthwise_geometry(
+fn depthwise_geometry(
     x_shape: &[usize],
     k_shape: &[usize],
     spec: &PoolSpec,

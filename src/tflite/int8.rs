@@ -8,9 +8,10 @@ use tract_core::ops::cast::cast;
 use tract_tflite::internal::*;
 use tract_tflite::tflite::{ActivationFunctionType, TensorType};
 
-use super::conv::{conv_options, depthwise_geometry, ConvOptions};
+use super::conv::{conv_options, ConvOptions};
 use super::ops::{
-    AddParams, PackedWeights, QuantizedAdd, QuantizedConv, QuantizedDepthwise, Requant,
+    AddParams, DepthwiseMaps, PackedWeights, QuantizedAdd, QuantizedConv, Requant,
+    RequantizedDepthwise,
 };
 use super::read::values;
 use super::{Builder, OpCtx, TfliteError};
@@ -92,22 +93,19 @@ impl Builder<'_> {
         depthwise: bool,
     ) -> Result<Option<OutletId>, TfliteError> {
         let ConvOptions {
-            x_shape,
             k_shape,
             pool_spec,
-            dilations,
             act,
             out_c,
+            window,
+            ..
         } = conv_options(self, ctx, depthwise)?;
         let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
         let pointwise = !depthwise
             && k_shape[1] == 1
             && k_shape[2] == 1
             && pool_spec.strides().iter().all(|&s| s == 1);
-        let window = (!pointwise)
-            .then(|| depthwise_geometry(&x_shape, &k_shape, &pool_spec))
-            .flatten()
-            .filter(|_| dilations.iter().all(|&d| d <= 1));
+        let window = window.filter(|_| !pointwise);
         if !pointwise && window.is_none() {
             return Ok(None);
         }
@@ -143,12 +141,15 @@ impl Builder<'_> {
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
         let op: Box<dyn TypedOp> = match window {
             Some(geometry) if depthwise => {
-                let (lo, hi) = self.output_range(ctx, act)?;
-                let (lo, hi) = QuantizedDepthwise::clamp_range(lo, hi, zero_point as f32);
-                Box::new(QuantizedDepthwise {
-                    geometry,
+                let maps = DepthwiseMaps::Bytes {
                     x_zero_point: x_zero_point as f32,
                     y_zero_point: zero_point as f32,
+                };
+                let (lo, hi) = self.output_range(ctx, act)?;
+                let (lo, hi) = RequantizedDepthwise::range(maps, lo, hi);
+                Box::new(RequantizedDepthwise {
+                    geometry,
+                    maps,
                     kernel: tensor1(&k.iter().map(|&w| w as f32).collect::<Vec<_>>())
                         .into_arc_tensor(),
                     bias: bias_f32,

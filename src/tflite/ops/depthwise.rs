@@ -1,30 +1,86 @@
-//! `RequantizedDepthwise`: DEPTHWISE_CONV_2D (depth multiplier 1) on NHWC f32 offsets, with its
-//! requantization fused, so each output value is written once.
+//! `RequantizedDepthwise`: DEPTHWISE_CONV_2D (depth multiplier 1) on NHWC maps with its
+//! requantization fused, so each output value is written once. The f32 graph's maps are f32
+//! offsets (TFLite's reference rounding); the int8 graph's are u8 values with their zero points
+//! (LiteRT's rounding). Both run the same loop: at most 25 products of 8-bit offsets a value gain
+//! nothing from 8-bit lanes, and their sums are exact in f32.
 
 use tract_core::internal::*;
 
 use super::kernels::{self, DepthwiseGeometry, DepthwiseParams};
 
+/// What the operator reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DepthwiseMaps {
+    /// f32 offsets from the zero points, rounding half away from zero (the f32 graph).
+    Offsets,
+    /// u8 values, rounding half to even (the int8 graph).
+    Bytes {
+        x_zero_point: f32,
+        y_zero_point: f32,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequantizedDepthwise {
     pub geometry: DepthwiseGeometry,
-    /// `[kernel_h, kernel_w, C]` weight offsets from their zero points.
+    pub maps: DepthwiseMaps,
+    /// `[kernel_h, kernel_w, C]` weight offsets from their zero points, f32.
     pub kernel: Arc<Tensor>,
     /// `C` biases in accumulator units.
     pub bias: Vec<f32>,
     /// `C` requantization multipliers.
     pub multiplier: Vec<f32>,
+    /// The output range, in offsets from the output zero point.
     pub lo: f32,
     pub hi: f32,
 }
 
-// Weights, multipliers and bounds are finite numbers read from the model file, never NaN.
+// Weights, zero points, multipliers and bounds are finite numbers read from the model file.
 impl Eq for RequantizedDepthwise {}
 
 impl RequantizedDepthwise {
     fn input_shape(&self) -> [usize; 3] {
         let g = &self.geometry;
         [g.in_h, g.in_w, g.channels]
+    }
+
+    fn datum_type(&self) -> DatumType {
+        match self.maps {
+            DepthwiseMaps::Offsets => f32::datum_type(),
+            DepthwiseMaps::Bytes { .. } => u8::datum_type(),
+        }
+    }
+
+    /// The output range in offsets, kept within the u8 grid for byte maps (the loop's unchecked
+    /// conversion to u8 relies on it).
+    pub fn range(maps: DepthwiseMaps, lo: f32, hi: f32) -> (f32, f32) {
+        match maps {
+            DepthwiseMaps::Offsets => (lo, hi),
+            DepthwiseMaps::Bytes { y_zero_point, .. } => {
+                (lo.max(-y_zero_point), hi.min(255.0 - y_zero_point))
+            }
+        }
+    }
+
+    fn run<X: kernels::Sample + Datum, Y: kernels::Sample + Datum, const TIES_EVEN: bool>(
+        &self,
+        x: &Tensor,
+        params: &DepthwiseParams,
+    ) -> TractResult<Tensor> {
+        let g = &self.geometry;
+        let xs = x.try_as_plain_ram()?.as_slice::<X>()?;
+        let shape = [x.shape()[0], g.out_h, g.out_w, g.channels];
+        // Safety: every element is written below (each output pixel's channels, all of them).
+        let mut y = unsafe { Tensor::uninitialized::<Y>(&shape)? };
+        let (in_len, out_len) = (g.in_h * g.in_w * g.channels, g.out_h * g.out_w * g.channels);
+        {
+            let mut view = y.try_as_plain_ram_mut()?;
+            let ys = view.as_slice_mut::<Y>()?;
+            for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
+                kernels::depthwise::<X, Y, TIES_EVEN>(g, params, x, y);
+            }
+        }
+        Ok(y)
     }
 }
 
@@ -36,8 +92,16 @@ impl Op for RequantizedDepthwise {
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geometry;
         Ok(vec![format!(
-            "{}x{} kernel, stride {}, {} channels, {}x{} -> {}x{}",
-            g.kernel_h, g.kernel_w, g.stride_h, g.channels, g.in_h, g.in_w, g.out_h, g.out_w
+            "{}x{} kernel, stride {}, {} channels, {}x{} -> {}x{}, {:?}",
+            g.kernel_h,
+            g.kernel_w,
+            g.stride_h,
+            g.channels,
+            g.in_h,
+            g.in_w,
+            g.out_h,
+            g.out_w,
+            self.maps
         )])
     }
 
@@ -48,16 +112,8 @@ impl EvalOp for RequantizedDepthwise {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let g = &self.geometry;
-        let x = &inputs[0];
-        let batch = x.shape()[0];
-        let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let k = self.kernel.try_as_plain_ram()?.as_slice::<f32>()?;
-        // Safety: every element is written below (each output pixel's channels, all of them).
-        let mut y =
-            unsafe { Tensor::uninitialized::<f32>(&[batch, g.out_h, g.out_w, g.channels])? };
-        let (in_len, out_len) = (g.in_h * g.in_w * g.channels, g.out_h * g.out_w * g.channels);
-        let params = DepthwiseParams {
+        let mut params = DepthwiseParams {
             kernel: k,
             bias: &self.bias,
             multiplier: &self.multiplier,
@@ -66,13 +122,17 @@ impl EvalOp for RequantizedDepthwise {
             x_zero_point: 0.0,
             y_zero_point: 0.0,
         };
-        {
-            let mut view = y.try_as_plain_ram_mut()?;
-            let ys = view.as_slice_mut::<f32>()?;
-            for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                kernels::depthwise::<f32, f32, false>(g, &params, x, y);
+        let y = match self.maps {
+            DepthwiseMaps::Offsets => self.run::<f32, f32, false>(&inputs[0], &params)?,
+            DepthwiseMaps::Bytes {
+                x_zero_point,
+                y_zero_point,
+            } => {
+                params.x_zero_point = x_zero_point;
+                params.y_zero_point = y_zero_point;
+                self.run::<u8, u8, true>(&inputs[0], &params)?
             }
-        }
+        };
         Ok(tvec!(y.into_tvalue()))
     }
 }
@@ -80,10 +140,8 @@ impl EvalOp for RequantizedDepthwise {
 impl TypedOp for RequantizedDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let x = inputs[0];
-        ensure!(
-            x.datum_type == f32::datum_type(),
-            "depthwise takes f32, got {x:?}"
-        );
+        let dt = self.datum_type();
+        ensure!(x.datum_type == dt, "depthwise takes {dt:?}, got {x:?}");
         let shape = x.shape.as_concrete().map(|s| s.to_vec());
         let expected = self.input_shape();
         ensure!(
@@ -92,7 +150,7 @@ impl TypedOp for RequantizedDepthwise {
             x.shape
         );
         let g = &self.geometry;
-        Ok(tvec!(f32::fact([
+        Ok(tvec!(dt.fact([
             x.shape[0].clone(),
             g.out_h.to_dim(),
             g.out_w.to_dim(),

@@ -17,7 +17,7 @@ mod depthwise;
 mod quantized;
 mod requantize;
 
-pub use depthwise::RequantizedDepthwise;
+pub use depthwise::{DepthwiseMaps, RequantizedDepthwise};
 pub use qkernels::{AddParams, PackedWeights, Requant};
-pub use quantized::{QuantizedAdd, QuantizedConv, QuantizedDepthwise};
+pub use quantized::{QuantizedAdd, QuantizedConv};
 pub use requantize::{Requantize, RequantizedAdd};

@@ -1,10 +1,10 @@
 //! The int8 graph's operators: u8 maps in, u8 maps out, on the file's own grids.
-//! `QuantizedConv` (CONV_2D: a product, after gathering windows for k×k kernels),
-//! `QuantizedDepthwise` and `QuantizedAdd`.
+//! `QuantizedConv` (CONV_2D: a product, after gathering windows for k×k kernels) and
+//! `QuantizedAdd`. (The depthwise convolution is [`super::RequantizedDepthwise`] on byte maps.)
 
 use tract_core::internal::*;
 
-use super::kernels::{self, DepthwiseGeometry, DepthwiseParams};
+use super::kernels::DepthwiseGeometry;
 use super::qkernels::{self, AddParams, PackedWeights, Requant};
 
 /// Checks an NHWC u8 input's channels and returns the output fact with `out_c` channels and
@@ -123,98 +123,6 @@ impl TypedOp for QuantizedConv {
                 self.weights.n,
             ),
         }
-    }
-
-    as_op!();
-}
-
-/// DEPTHWISE_CONV_2D (depth multiplier 1) on u8 maps, on the f32 graph's loop (exact integer
-/// sums; converted in registers) with LiteRT's rounding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantizedDepthwise {
-    pub geometry: DepthwiseGeometry,
-    pub x_zero_point: f32,
-    pub y_zero_point: f32,
-    /// `[kernel_h, kernel_w, C]` weight offsets from their zero points, f32.
-    pub kernel: Arc<Tensor>,
-    /// The file's int32 bias, as f32 (exact).
-    pub bias: Vec<f32>,
-    pub multiplier: Vec<f32>,
-    /// The output range, in offsets from the output zero point.
-    pub lo: f32,
-    pub hi: f32,
-}
-
-// Zero points, weights, multipliers and bounds are finite numbers from the model file.
-impl Eq for QuantizedDepthwise {}
-
-impl Op for QuantizedDepthwise {
-    fn name(&self) -> StaticName {
-        "QuantizedDepthwise".into()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for QuantizedDepthwise {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let g = &self.geometry;
-        let x = &inputs[0];
-        let batch = x.shape()[0];
-        let xs = x.try_as_plain_ram()?.as_slice::<u8>()?;
-        let k = self.kernel.try_as_plain_ram()?.as_slice::<f32>()?;
-        let (in_len, out_len) = (g.in_h * g.in_w * g.channels, g.out_h * g.out_w * g.channels);
-        let params = DepthwiseParams {
-            kernel: k,
-            bias: &self.bias,
-            multiplier: &self.multiplier,
-            lo: self.lo,
-            hi: self.hi,
-            x_zero_point: self.x_zero_point,
-            y_zero_point: self.y_zero_point,
-        };
-        // Safety: every output byte is written below.
-        let mut y = unsafe { Tensor::uninitialized::<u8>(&[batch, g.out_h, g.out_w, g.channels])? };
-        {
-            let mut view = y.try_as_plain_ram_mut()?;
-            let ys = view.as_slice_mut::<u8>()?;
-            for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                kernels::depthwise::<u8, u8, true>(g, &params, x, y);
-            }
-        }
-        Ok(tvec!(y.into_tvalue()))
-    }
-}
-
-impl QuantizedDepthwise {
-    /// The output range, as offsets, kept within the u8 grid (the loop's unchecked conversion
-    /// relies on it).
-    pub fn clamp_range(lo: f32, hi: f32, y_zero_point: f32) -> (f32, f32) {
-        (lo.max(-y_zero_point), hi.min(255.0 - y_zero_point))
-    }
-}
-
-impl TypedOp for QuantizedDepthwise {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let g = &self.geometry;
-        let x = inputs[0];
-        ensure!(
-            x.shape[1].to_usize().ok() == Some(g.in_h)
-                && x.shape[2].to_usize().ok() == Some(g.in_w),
-            "QuantizedDepthwise built for {}x{}, got {:?}",
-            g.in_h,
-            g.in_w,
-            x.shape
-        );
-        nhwc_u8_fact(
-            "QuantizedDepthwise",
-            x,
-            g.channels,
-            Some((g.out_h, g.out_w)),
-            g.channels,
-        )
     }
 
     as_op!();
