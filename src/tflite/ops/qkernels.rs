@@ -202,8 +202,17 @@ pub fn im2col(g: &super::kernels::DepthwiseGeometry, x: &[u8], zero_point: u8, o
     for oy in 0..g.out_h {
         for ox in 0..g.out_w {
             let dst = &mut out[(oy * g.out_w + ox) * row..][..row];
+            let left = (ox * g.stride_w) as isize - g.pad_left as isize;
+            let inside_x = left >= 0 && left as usize + g.kernel_w <= g.in_w;
             for ky in 0..g.kernel_h {
                 let iy = (oy * g.stride_h + ky) as isize - g.pad_top as isize;
+                if inside_x && iy >= 0 && (iy as usize) < g.in_h {
+                    // The window's row is contiguous in the map: one copy, not one per tap.
+                    let width = g.kernel_w * c;
+                    let from = (iy as usize * g.in_w + left as usize) * c;
+                    dst[ky * width..][..width].copy_from_slice(&x[from..][..width]);
+                    continue;
+                }
                 for kx in 0..g.kernel_w {
                     let ix = (ox * g.stride_w + kx) as isize - g.pad_left as isize;
                     let d = &mut dst[(ky * g.kernel_w + kx) * c..][..c];
