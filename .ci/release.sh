@@ -24,14 +24,19 @@ for t in "${targets[@]}"; do
     *) echo "release.sh: unknown target $t (x86_64 | aarch64 | armv7)" >&2; exit 2 ;;
   esac
   printf '\n== %s (%ss)\n' "$triple" "$SECONDS"
+  # The host's own target builds into target/release, as `cargo build --release` (and
+  # release-sizes.sh) do, so an existing release build is reused.
+  target_args=(--target "$triple") bin="$target_dir/$triple/release/edge-mnv2"
+  if [ "$triple" = "$(rustc -vV | sed -n 's/^host: //p')" ]; then
+    target_args=() bin="$target_dir/release/edge-mnv2"
+  fi
   (
     [ "$t" = x86_64 ] || source .ci/cross-env.sh "$t"
     rustup target add "$triple" >/dev/null
-    cargo build --release --locked --target "$triple"
+    cargo build --release --locked ${target_args[@]+"${target_args[@]}"}
     # --no-build: package exactly the binary just built (cargo deb would rebuild it otherwise).
-    cargo deb --no-build --locked --target "$triple" --output "$out"
+    cargo deb --no-build --locked ${target_args[@]+"${target_args[@]}"} --output "$out"
   )
-  bin="$target_dir/$triple/release/edge-mnv2"
   name="edge-mnv2-$version-$triple"
   stage="$(mktemp -d)"
   mkdir -p "$stage/$name"
