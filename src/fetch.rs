@@ -399,11 +399,7 @@ fn download_to(
     };
     // Same directory as the destination, so the final rename is atomic; dropped (deleted) on
     // every early return below.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".edge-mnv2-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| io(dir, e))?;
+    let mut tmp = crate::fsutil::new_temp_file(dir, ".part").map_err(|e| io(dir, e))?;
     let mut reader = response.into_body().into_reader();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -462,14 +458,6 @@ fn download_to(
             actual,
             expected: sha256.to_string(),
         });
-    }
-    // tempfile creates 0600; a model is an ordinary readable file (other users, a service).
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| io(tmp.path(), e))?;
     }
     tmp.as_file().sync_all().map_err(|e| io(tmp.path(), e))?;
     tmp.persist(dest).map_err(|e| io(dest, e.error))?;

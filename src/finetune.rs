@@ -116,9 +116,7 @@ pub struct EmbeddingCounts {
 fn prepare_out_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
-    tempfile::Builder::new()
-        .prefix(".edge-mnv2-probe-")
-        .tempfile_in(out)
+    fsutil::new_temp_file(out, ".probe")
         .with_context(|| format!("{}: output directory is not writable", out.display()))?;
     Ok(())
 }

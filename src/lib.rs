@@ -41,7 +41,7 @@
 //! - [`calibration`]: this board's calibration file (which precision and threads to use).
 //! - [`fetch`]: `models fetch`, a verified, atomic model download into the user cache.
 //! - [`metrics`]: held-out accuracy, per-class precision/recall/F1, confusion matrix.
-//! - [`fsutil`]: atomic file writes.
+//! - [`fsutil`]: atomic file writes, with the mode the umask gives (not a temporary file's 0600).
 
 pub mod augment;
 pub mod backbone;
