@@ -36,6 +36,8 @@ pub struct PackedWeights {
 /// A channel whose offsets do not fit in i8 (uint8 weights minus their zero point lie anywhere in
 /// ±255, though one channel's span at most 256 values) is stored shifted by `shift[c]`, and the
 /// product adds `shift[c] × Σ pixels` back.
+// Packed and read only where the x86 VNNI product exists.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Quads {
     k_quads: usize,
@@ -45,6 +47,7 @@ struct Quads {
     any_shift: bool,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Quads {
     /// `None` if a channel's offsets span more than 256 values (no 8-bit shift holds them).
     fn pack(w: &[i16], n: usize, k: usize, blocks: usize) -> Option<Quads> {
