@@ -70,11 +70,15 @@ impl Sample for u8 {
         self as f32 - zero_point
     }
     #[inline(always)]
+    // Not `clamp`: it passes NaN through, which the unchecked conversion must never see.
+    #[allow(clippy::manual_clamp)]
     fn from_offset(offset: f32, zero_point: f32) -> u8 {
-        // Safety: callers pass offsets clamped to the output's range (finite, never NaN), so the
-        // sum is an integer in 0..=255. Unchecked, the conversion is one instruction a lane
-        // rather than a saturating sequence (+50% on the whole depthwise loop).
-        unsafe { (offset + zero_point).to_int_unchecked::<i32>() as u8 }
+        // `max`/`min` never return NaN and bound the value to 0..=255 whatever the caller passed
+        // (the layer's own range already does; this keeps the conversion sound on its own).
+        let v = (offset + zero_point).max(0.0).min(255.0);
+        // Safety: `v` is finite and within i32. Unchecked, the conversion is one instruction a
+        // lane rather than a saturating sequence (+50% on the whole depthwise loop).
+        unsafe { v.to_int_unchecked::<i32>() as u8 }
     }
 }
 
