@@ -114,7 +114,8 @@ impl Builder<'_> {
         } = conv_options(self, ctx, depthwise)?;
         let x = self.wire(ctx, ctx.inputs[0])?;
         let k = self.offsets_const(ctx, ctx.inputs[1])?;
-        let (bias, multiplier) = self.conv_bias_and_multiplier(ctx, out_c)?;
+        let bias = self.conv_bias(ctx, out_c)?;
+        let multiplier = self.conv_multipliers(ctx, out_c)?;
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
         if let Some(geometry) = window.filter(|_| depthwise) {
             let (lo, hi) = self.output_range(ctx, act)?;
@@ -124,7 +125,7 @@ impl Builder<'_> {
                 // [1, H, W, C] → [H, W, C]: the same values, the layout the loop reads.
                 kernel: k.into_tensor().into_shape(&k_shape[1..])?.into_arc_tensor(),
                 bias,
-                multiplier: self.per_channel(ctx, x, &multiplier)?,
+                multiplier,
                 lo,
                 hi,
             };
@@ -142,33 +143,34 @@ impl Builder<'_> {
         self.requantize_f32(ctx, acc, &multiplier, act)
     }
 
-    /// The bias in accumulator units and the requantization multipliers (input scale × weight
-    /// scale / output scale: one, or one per output channel).
-    pub(super) fn conv_bias_and_multiplier(
-        &self,
-        ctx: &OpCtx,
-        out_c: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), TfliteError> {
-        let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
+    /// The f32 graph's bias in accumulator units.
+    fn conv_bias(&self, ctx: &OpCtx, out_c: usize) -> Result<Vec<f32>, TfliteError> {
         let kq = self
-            .quant(k_i)?
+            .quant(ctx.inputs[1])?
             .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
-        let xs = self.scale(x_i)?;
-        let bias = match ctx.inputs.get(2).copied().filter(|&b| b >= 0) {
+        let xs = self.scale(ctx.inputs[0])?;
+        Ok(match ctx.inputs.get(2).copied().filter(|&b| b >= 0) {
             Some(b_i) => self
                 .bias_in_accumulator_units(ctx, b_i, xs, &kq, out_c)?
                 .iter()
                 .copied()
                 .collect(),
             None => vec![0.0; out_c],
-        };
-        let ys = self.scale(ctx.outputs[0])?;
-        let multiplier = if kq.per_tensor() {
-            vec![xs * kq.scale[0] / ys]
-        } else {
-            (0..out_c).map(|c| xs * kq.at(c).0 / ys).collect()
-        };
-        Ok((bias, multiplier))
+        })
+    }
+
+    /// The requantization multiplier of each output channel: input scale × weight scale /
+    /// output scale, in f32 (as XNNPACK computes it).
+    pub(super) fn conv_multipliers(
+        &self,
+        ctx: &OpCtx,
+        out_c: usize,
+    ) -> Result<Vec<f32>, TfliteError> {
+        let kq = self
+            .quant(ctx.inputs[1])?
+            .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
+        let (xs, ys) = (self.scale(ctx.inputs[0])?, self.scale(ctx.outputs[0])?);
+        Ok((0..out_c).map(|c| xs * kq.at(c).0 / ys).collect())
     }
 
     /// The bias in accumulator units (input scale × weight scale of its channel), which is how

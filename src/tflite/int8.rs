@@ -122,22 +122,13 @@ impl Builder<'_> {
                 bias.len()
             )));
         }
-        // XNNPACK's multipliers: input scale × weight scale / output scale, in f32.
-        let (_, multiplier) = self.conv_bias_and_multiplier(ctx, out_c)?;
-        let multiplier = match multiplier.len() {
-            1 => vec![multiplier[0]; out_c],
-            _ => multiplier,
-        };
-        let (lo, hi) = self.range_u8(ctx, act)?;
+        let multiplier = self.conv_multipliers(ctx, out_c)?;
         let k: Vec<i16> = self
             .offsets_const(ctx, k_i)?
             .iter()
             .map(|&v| v as i16)
             .collect();
         let zero_point = self.zero_point_u8(ctx.outputs[0])? as i32;
-        let (bias_f32, multiplier_f32) =
-            (bias.iter().map(|&b| b as f32).collect(), multiplier.clone());
-        let mut requant = Requant::new(bias, multiplier, zero_point, lo, hi);
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
         let op: Box<dyn TypedOp> = match window {
             Some(geometry) if depthwise => {
@@ -152,13 +143,15 @@ impl Builder<'_> {
                     maps,
                     kernel: tensor1(&k.iter().map(|&w| w as f32).collect::<Vec<_>>())
                         .into_arc_tensor(),
-                    bias: bias_f32,
-                    multiplier: multiplier_f32,
+                    bias: bias.iter().map(|&b| b as f32).collect(),
+                    multiplier,
                     lo,
                     hi,
                 })
             }
             window => {
+                let (lo, hi) = self.range_u8(ctx, act)?;
+                let mut requant = Requant::new(bias, multiplier, zero_point, lo, hi);
                 let row = k.len() / out_c;
                 // Pixels enter as raw bytes: their zero point's share of each sum goes in the bias.
                 let sums: Vec<i32> = k

@@ -156,10 +156,6 @@ impl Requant {
         }
     }
 
-    pub fn channels(&self) -> usize {
-        self.bias.len()
-    }
-
     /// Folds `-x_zero_point × Σ weights` of each channel into its bias.
     pub fn fold_input_zero_point(&mut self, x_zero_point: i32, weight_sums: &[i32]) {
         for (b, &sum) in self.bias.iter_mut().zip(weight_sums) {
