@@ -12,6 +12,9 @@
 #   keras_wall / edge_first_wall  >= 1.5
 #   keras_wall / edge_second_wall >= 20
 #   edge_peak_rss / keras_peak_rss <= 0.2
+# The Keras peer runs under $EDGE_MNV2_KERAS_PYTHON (default: python3), e.g. a virtual environment
+# made with: python3 -m venv ~/.cache/edge-mnv2/keras-venv && ~/.cache/edge-mnv2/keras-venv/bin/pip
+# install tensorflow-cpu pillow; then EDGE_MNV2_KERAS_PYTHON=~/.cache/edge-mnv2/keras-venv/bin/python.
 # Both tools run with augmentation off and seed 0 and split DATA the same way, so accuracy and
 # macro F1 should agree closely; a large gap means the comparison is not like for like.
 set -euo pipefail
@@ -75,7 +78,7 @@ EDGE_MNV2_CACHE=$TMP/cache run edge_second \
     "$BIN" finetune "$DATA" --out "$TMP/b" --augment 0 --seed 0 --json || rc=$?
 [[ $rc -eq 0 ]] || fail edge_second "$rc"
 
-run keras python3 "$PEER" --data "$DATA" || rc=$?
+run keras "${EDGE_MNV2_KERAS_PYTHON:-python3}" "$PEER" --data "$DATA" || rc=$?
 if [[ $rc -eq 3 ]]; then
     echo "skipping the Keras peer: $(tail -n 1 "$TMP/keras.err")" >&2
     echo "  (install it with: pip install tensorflow pillow)" >&2

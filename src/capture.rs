@@ -103,7 +103,7 @@ pub fn capture(
             Err(e) => return Err(e.into()),
         };
         last = Some(Instant::now());
-        let img = match decode_frame(&frame) {
+        let img = match decode_frame(&frame, None) {
             Ok(img) => img,
             Err(e) => {
                 log::warn!("skipped: {e}");

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::backbone::{Backbone, BackboneError, EMBEDDING_DIM};
 use crate::head::{argmax, BackboneRef, Head};
-use crate::preprocess::PREPROCESS_VERSION;
+use crate::preprocess::{PREPROCESS_ACCEPTED, PREPROCESS_VERSION};
 
 #[derive(Debug, Error)]
 pub enum MismatchError {
@@ -48,7 +48,8 @@ pub fn check_compatible(head: &Head, backbone: &Backbone) -> Result<(), Mismatch
             model_sha: backbone.sha256().chars().take(12).collect(),
         });
     }
-    if b.preprocessing != PREPROCESS_VERSION || b.input != backbone.spec().input {
+    if !PREPROCESS_ACCEPTED.contains(&b.preprocessing.as_str()) || b.input != backbone.spec().input
+    {
         return Err(MismatchError::Preprocessing(b.preprocessing.clone()));
     }
     Ok(())

@@ -208,7 +208,8 @@ fn embed_one(
         let views = cached.into_iter().map(|v| v.expect("checked")).collect();
         return Ok((ImageEmbeddings { views }, true));
     }
-    let rgb = preprocess::decode_rgb(&bytes, &name).map_err(|e| e.to_string())?;
+    let rgb = preprocess::decode_rgb_reduced(&bytes, &name, backbone.input_size())
+        .map_err(|e| e.to_string())?;
     let fitted = preprocess::fit(&rgb, backbone.input_size());
     let mut out = Vec::with_capacity(keys.len());
     for (v, (key, hit)) in keys.iter().zip(cached).enumerate() {

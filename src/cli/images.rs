@@ -66,7 +66,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<ExitCode> {
     let backbone = loader::backbone(&args.model.choice(), true)?;
     let stdout = std::io::stdout();
     Ok(for_each_image(&args.images, |path| {
-        let img = preprocess::load_rgb(path)?;
+        let img = preprocess::load_rgb_reduced(path, backbone.input_size())?;
         let best = backbone.classify(&img, args.top)?;
         let mut out = stdout.lock();
         if args.json {
@@ -106,7 +106,7 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
     let mut text = String::new();
     let stdout = std::io::stdout();
     let code = for_each_image(&args.images, |path| {
-        let img = preprocess::load_rgb(path)?;
+        let img = preprocess::load_rgb_reduced(path, backbone.input_size())?;
         let embedding = backbone.embed(&img)?;
         let line = if args.json {
             serde_json::to_string(&EmbedLine {
@@ -137,7 +137,7 @@ pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
     let c = loader::classifier(&args.head, &args.model.choice())?;
     let stdout = std::io::stdout();
     Ok(for_each_image(&args.images, |path| {
-        let img = preprocess::load_rgb(path)?;
+        let img = preprocess::load_rgb_reduced(path, c.backbone.input_size())?;
         let p = c.predict(&img)?;
         let mut out = stdout.lock();
         if args.json {

@@ -211,7 +211,7 @@ impl Service {
 
     /// Decodes and classifies a captured frame; records it in the statistics and as the latest.
     pub fn classify_frame(&self, captured: &Captured) -> anyhow::Result<FrameResult> {
-        let img = decode_frame(&captured.frame)?;
+        let img = decode_frame(&captured.frame, Some(self.backbone.input_size()))?;
         let ImagePrediction {
             confidence,
             head,

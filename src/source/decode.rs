@@ -9,10 +9,16 @@ use image::RgbImage;
 use super::frame::{FramePixels, RawFrame};
 use crate::preprocess::{self, ImageError, MAX_SIDE, MIN_SIDE};
 
-/// Decodes a raw frame to RGB8; every source's frames pass through here.
-pub fn decode_frame(frame: &RawFrame) -> Result<RgbImage, ImageError> {
+/// Decodes a raw frame to RGB8; every source's frames pass through here. With `min_side` (the
+/// model's input side, when the frame is only going to be classified), a large JPEG frame is
+/// decoded at a reduced size that keeps both sides at least `min_side`
+/// ([`preprocess::decode_rgb_reduced`]); without it (capture), at full size.
+pub fn decode_frame(frame: &RawFrame, min_side: Option<u32>) -> Result<RgbImage, ImageError> {
     match &frame.pixels {
-        FramePixels::Encoded(bytes) => preprocess::decode_rgb(bytes, &frame.name),
+        FramePixels::Encoded(bytes) => match min_side {
+            Some(side) => preprocess::decode_rgb_reduced(bytes, &frame.name, side),
+            None => preprocess::decode_rgb(bytes, &frame.name),
+        },
         FramePixels::Yuyv {
             width,
             height,

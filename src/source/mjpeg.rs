@@ -237,7 +237,7 @@ mod tests {
                 name: "test".into(),
                 captured: Instant::now(),
             };
-            let img = decode_frame(&frame).unwrap();
+            let img = decode_frame(&frame, None).unwrap();
             assert_eq!(img.dimensions(), (48, 32));
             let m = mean_rgb(&img);
             for ch in 0..3 {
