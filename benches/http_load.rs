@@ -3,12 +3,14 @@
 //!     cargo bench --bench http_load                 # release build (slow to build: fat LTO)
 //!     cargo bench --profile dev --bench http_load   # the dev profile (every crate at opt-level 3)
 //!
-//! env: REQUESTS (60000), CLIENTS (16), CLASSIFY_PERMILLE (10), LIMIT_S (300), FPS (15), HEAD=DIR
+//! env: REQUESTS (200000), CLIENTS (16), CLASSIFY_CLIENTS (2), LIMIT_S (300), FPS (15), HEAD=DIR
 //! (else a head is trained on hymenoptera/train first), EDGE_MNV2_BIN (else this build's binary).
 //!
-//! `serve` runs on hymenoptera/val looped at FPS while CLIENTS keep-alive connections send a mix of
-//! `GET /latest`, `/healthz`, `/metrics`, `POST /classify` (CLASSIFY_PERMILLE of the requests, a real
-//! val image) and `GET /no-such-endpoint` (2 ‰, a provoked 404). It stops after REQUESTS requests or
+//! `serve` runs on hymenoptera/val looped at FPS while CLIENTS keep-alive connections send requests
+//! back to back: CLASSIFY_CLIENTS of them `POST /classify` (a real val image; 429 when the queue is
+//! full is provoked back-pressure), the others a mix of `GET /latest`, `/healthz`, `/metrics` and
+//! `GET /no-such-endpoint` (2 ‰, a provoked 404). One request of each kind is sent first, so the
+//! first 1,000 include the classify path's warm-up. It stops after REQUESTS requests or
 //! LIMIT_S seconds, reports requests/s, p50/p99 latency per endpoint, the answers by status, and the
 //! serve process's RSS at start, after the first 1,000 requests and at the end, and exits non-zero
 //! unless: ≥ 50,000 requests, no error but the provoked 404s and 429s, RSS at the end ≤ RSS after
@@ -129,9 +131,9 @@ fn main() -> ExitCode {
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     let bin =
         std::env::var("EDGE_MNV2_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge-mnv2").into());
-    let total: u64 = env_or("REQUESTS", 60_000);
+    let total: u64 = env_or("REQUESTS", 200_000);
     let clients: usize = env_or("CLIENTS", 16);
-    let classify_permille: u64 = env_or("CLASSIFY_PERMILLE", 10);
+    let classify_clients: usize = env_or("CLASSIFY_CLIENTS", 2);
     let limit = Duration::from_secs(env_or("LIMIT_S", 300));
     let fps: f64 = env_or("FPS", 15.0);
     let work = tempfile::tempdir().unwrap();
@@ -207,9 +209,22 @@ fn main() -> ExitCode {
         std::thread::sleep(Duration::from_millis(100));
     }
     let rss_start = rss_kib(pid);
+    let mut warm_up = Vec::new();
+    for kind in [
+        Kind::Latest,
+        Kind::Healthz,
+        Kind::Metrics,
+        Kind::Classify,
+        Kind::NotFound,
+    ] {
+        let mut c = BufReader::new(TcpStream::connect(&addr).unwrap());
+        let (status, _) = exchange(&mut c, &kind.request(&image)).unwrap();
+        assert!(kind.expected(status), "{kind:?}: {status}");
+        warm_up.push(kind);
+    }
 
-    let issued = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
+    let issued = Arc::new(AtomicU64::new(warm_up.len() as u64));
+    let done = Arc::new(AtomicU64::new(warm_up.len() as u64));
     let stop = Arc::new(AtomicBool::new(false));
     let rss_1000 = Arc::new(AtomicU64::new(0));
     {
@@ -253,9 +268,9 @@ fn main() -> ExitCode {
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let roll = rng % 1000;
-                    let kind = if roll < classify_permille {
+                    let kind = if i < classify_clients {
                         Kind::Classify
-                    } else if roll < classify_permille + 2 {
+                    } else if roll < 2 {
                         Kind::NotFound
                     } else {
                         [Kind::Latest, Kind::Healthz, Kind::Metrics][(rng >> 20) as usize % 3]

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,6 @@ use serde_json::json;
 
 use super::auth::{check_exposure, ApiToken};
 use super::service::{round, ImagePrediction, Service};
-use super::slot::lock;
 use super::wire::{self, Api, Ending, Endpoint, Reply, Transport};
 use crate::preprocess;
 
@@ -83,8 +82,32 @@ struct ServiceApi {
     svc: Arc<Service>,
     /// `POST /classify` requests admitted and not yet answered.
     classify_admitted: AtomicUsize,
-    /// One classify inference at a time: the frame loop has the other core.
-    classify_run: Mutex<()>,
+    /// Images for the classify thread.
+    classify_jobs: mpsc::Sender<ClassifyJob>,
+}
+
+/// An uploaded image and where its answer goes.
+type ClassifyJob = (Vec<u8>, mpsc::SyncSender<Reply>);
+
+/// Classifies uploaded images one at a time (the frame loop has the other core). One thread for
+/// all of them, not the connection's own: decoding and inference allocate megabytes, and in one
+/// thread they reuse one allocator arena instead of growing one per connection thread.
+fn classify_thread(svc: &Service, jobs: mpsc::Receiver<ClassifyJob>) {
+    for (body, answer) in jobs {
+        let _ = answer.send(classify(svc, &body));
+    }
+}
+
+fn classify(svc: &Service, body: &[u8]) -> Reply {
+    let started = Instant::now();
+    let img = match preprocess::decode_rgb(body, "request body") {
+        Ok(img) => img,
+        Err(e) => return Reply::error(400, e.to_string()),
+    };
+    match svc.predict(&img) {
+        Ok(prediction) => Reply::json(200, &ClassifyAnswer::new(prediction, started.elapsed())),
+        Err(e) => Reply::error(500, format!("{e:#}")),
+    }
 }
 
 /// A place in the classify queue, given back when dropped.
@@ -129,7 +152,15 @@ impl<'a> Api for &'a ServiceApi {
                 Reply::json(if health.healthy { 200 } else { 503 }, &health)
             }
             Endpoint::Metrics => Reply::text(svc.metrics()),
-            Endpoint::Classify => self.classify(&body),
+            Endpoint::Classify => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                match self.classify_jobs.send((body, tx)) {
+                    Ok(()) => rx
+                        .recv()
+                        .unwrap_or_else(|_| Reply::error(500, "the classify thread stopped")),
+                    Err(_) => Reply::error(500, "the classify thread stopped"),
+                }
+            }
             Endpoint::Reload => match svc.reload_head() {
                 Ok(sha) => Reply::json(200, &json!({"reloaded": true, "head": sha})),
                 Err(e) => Reply::json(
@@ -137,21 +168,6 @@ impl<'a> Api for &'a ServiceApi {
                     &json!({"reloaded": false, "error": format!("{e:#}"), "head": svc.head().sha256}),
                 ),
             },
-        }
-    }
-}
-
-impl ServiceApi {
-    fn classify(&self, body: &[u8]) -> Reply {
-        let started = Instant::now();
-        let img = match preprocess::decode_rgb(body, "request body") {
-            Ok(img) => img,
-            Err(e) => return Reply::error(400, e.to_string()),
-        };
-        let _one_at_a_time = lock(&self.classify_run);
-        match self.svc.predict(&img) {
-            Ok(prediction) => Reply::json(200, &ClassifyAnswer::new(prediction, started.elapsed())),
-            Err(e) => Reply::error(500, format!("{e:#}")),
         }
     }
 }
@@ -298,10 +314,18 @@ pub fn spawn(
     listener
         .set_nonblocking(true)
         .context("setting the listener non-blocking")?;
+    let (classify_jobs, jobs) = mpsc::channel();
+    {
+        let svc = svc.clone();
+        std::thread::Builder::new()
+            .name("http-classify".into())
+            .spawn(move || classify_thread(&svc, jobs))
+            .context("starting the classify thread")?;
+    }
     let api = Arc::new(ServiceApi {
         svc,
         classify_admitted: AtomicUsize::new(0),
-        classify_run: Mutex::new(()),
+        classify_jobs,
     });
     let token = token.map(Arc::new);
     let active = Arc::new(AtomicUsize::new(0));
