@@ -394,6 +394,42 @@ pub fn fuzz_connection(input: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The fuzz target's entry point on mutations of valid requests (a stable-toolchain smoke run
+    /// of `fuzz/fuzz_targets/http_request.rs`): every answer is a status line with a 3-digit code.
+    #[test]
+    fn fuzz_entry_point_answers_mutated_requests_with_status_lines() {
+        let seeds: [&[u8]; 3] = [
+            b"\x01POST /reload HTTP/1.1\r\nAuthorization: Bearer fuzz-token-0123456789\r\n\r\n",
+            b"\x10POST /classify HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+            b"\x00GET /healthz?x HTTP/1.1\r\nConnection: keep-alive\r\n\r\nGET /metrics HTTP/1.0\r\n\r\n",
+        ];
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for i in 0..3000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[at] = next() as u8,
+                    1 => drop(input.remove(at)),
+                    _ => input.insert(at, next() as u8),
+                }
+            }
+            let out = fuzz_connection(&input);
+            let text = String::from_utf8_lossy(&out);
+            for answer in text.split("HTTP/1.1 ").skip(1) {
+                let code: u16 = answer[..3].parse().unwrap_or_else(|_| panic!("{text}"));
+                assert!((100..600).contains(&code), "{text}");
+            }
+            assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 "), "{text}");
+        }
+    }
+
     #[test]
     fn classify_answer_is_the_prediction_plus_latency_in_key_order() {
         let prediction = ImagePrediction {
