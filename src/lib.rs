@@ -10,7 +10,7 @@
 //!
 //! The service:
 //! - [`serve`]: the classification service: frame slot, capture and inference loops, typed
-//!   results, Prometheus text, the config file, and the HTTP API (feature `http`).
+//!   results, Prometheus text, the config file, the API token, and the HTTP API (feature `http`).
 //!
 //! Jobs:
 //! - [`finetune`]: the `finetune` / `evaluate` jobs and their reports.

@@ -328,6 +328,13 @@ pub struct ServeArgs {
     /// No HTTP server: JSON lines on stdout only
     #[arg(long)]
     pub no_http: bool,
+    /// File holding the API token that POST endpoints require (`Authorization: Bearer TOKEN`);
+    /// needed to listen beyond loopback
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token: anyone who reaches the port may classify and reload
+    #[arg(long)]
+    pub insecure_no_token: bool,
     /// Below this confidence the label is `unknown` [default: 0]
     #[arg(long, value_name = "X")]
     pub threshold: Option<f32>,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use edge_mnv2::serve::auth::{self, ApiToken};
 use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
 use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::{capture, loader};
@@ -14,7 +15,7 @@ use super::progress;
 
 /// The source a config names, or the first camera.
 const DEFAULT_SOURCE: &str = "/dev/video0";
-/// Loopback only unless told otherwise: the API has no authentication.
+/// Loopback only unless told otherwise: beyond it the API needs a token (`serve::auth`).
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// The config file (if any) with the flags laid over it.
@@ -60,6 +61,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         threshold: args.threshold,
         frames: args.frames,
         no_http: args.no_http.then_some(true),
+        token_file: args.token_file,
+        insecure_no_token: args.insecure_no_token.then_some(true),
         ..ServeConfig::default()
     };
     let cfg = config(&args.source, flags)?;
@@ -72,17 +75,26 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .head
         .clone()
         .context("no head: give --head DIR (or `head` in the config file)")?;
+    let listen = if cfg.no_http == Some(true) {
+        None
+    } else {
+        Some(cfg.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into()))
+    };
+    let token = cfg.token_file.as_deref().map(ApiToken::load).transpose()?;
+    let insecure_no_token = cfg.insecure_no_token == Some(true);
+    if let Some(listen) = &listen {
+        // Before the model loads: a refused start-up should not take seconds.
+        auth::check_listen(listen, token.as_ref(), insecure_no_token)?;
+    }
     let opts = ServeOptions {
         source: SourceSpec::parse(cfg.source.as_deref().unwrap_or(DEFAULT_SOURCE)),
         camera,
         fps: cfg.fps,
         threshold,
         max_frames: cfg.frames,
-        listen: if cfg.no_http == Some(true) {
-            None
-        } else {
-            Some(cfg.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into()))
-        },
+        listen,
+        token,
+        insecure_no_token,
         head,
     };
     // The backbone the head was trained on, as `predict` loads it; reloads replace only the head.

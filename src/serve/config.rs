@@ -23,6 +23,10 @@ pub struct ServeConfig {
     pub frames: Option<u64>,
     /// Serve without the HTTP server (JSON lines only).
     pub no_http: Option<bool>,
+    /// The file holding the API token (see `auth`); relative to the config file.
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token.
+    pub insecure_no_token: Option<bool>,
 }
 
 impl ServeConfig {
@@ -41,6 +45,7 @@ impl ServeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(ServeConfig {
             head: cfg.head.map(|h| base.join(h)),
+            token_file: cfg.token_file.map(|t| base.join(t)),
             ..cfg
         })
     }
@@ -59,6 +64,8 @@ impl ServeConfig {
             height: flags.height.or(self.height),
             frames: flags.frames.or(self.frames),
             no_http: flags.no_http.or(self.no_http),
+            token_file: flags.token_file.or(self.token_file),
+            insecure_no_token: flags.insecure_no_token.or(self.insecure_no_token),
         }
     }
 }
@@ -73,12 +80,13 @@ mod tests {
         let p = dir.path().join("config.toml");
         std::fs::write(
             &p,
-            "head = \"heads/bees\"\nsource = \"/dev/video1\"\nthreshold = 0.7\nfps = 5\nlisten = \"0.0.0.0:9000\"\n",
+            "head = \"heads/bees\"\nsource = \"/dev/video1\"\nthreshold = 0.7\nfps = 5\nlisten = \"0.0.0.0:9000\"\ntoken_file = \"token\"\n",
         )
         .unwrap();
         let cfg = ServeConfig::load(&p).unwrap();
         assert_eq!(cfg.head, Some(dir.path().join("heads/bees")));
         assert_eq!(cfg.fps, Some(5.0));
+        assert_eq!(cfg.token_file, Some(dir.path().join("token")));
         let flags = ServeConfig {
             threshold: Some(0.9),
             ..ServeConfig::default()

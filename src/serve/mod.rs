@@ -6,10 +6,13 @@
 //! - `service`: [`Service`] (head, classification, health) and its typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
 //! - `config`: the TOML config file ([`ServeConfig`]).
-//! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it).
+//! - `auth`: the API token and the rule that a service reachable beyond loopback has one.
+//! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
+//!   threads and the endpoints.
+//! - `wire`: HTTP/1.1 on one connection (feature `http`): parsing, deadlines, limits, answers.
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `service` → `slot`, `prometheus`.
+//! `wire` → `auth`, and `http` → `service` → `slot`, `prometheus`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -25,12 +28,15 @@ use crate::backbone::Backbone;
 use crate::head::HeadFile;
 use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
 
+pub mod auth;
 mod config;
 #[cfg(feature = "http")]
 pub mod http;
 mod prometheus;
 mod service;
 mod slot;
+#[cfg(feature = "http")]
+mod wire;
 
 pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
@@ -189,7 +195,12 @@ pub fn run(
     let mut threads = Vec::new();
     #[cfg(feature = "http")]
     if let Some(addr) = &opts.listen {
-        let (bound, handle) = http::spawn(svc.clone(), addr)?;
+        let (bound, handle) = http::spawn(
+            svc.clone(),
+            addr,
+            opts.token.clone(),
+            opts.insecure_no_token,
+        )?;
         log::info!("listening on http://{bound}");
         threads.push(handle);
     }

@@ -118,6 +118,10 @@ pub struct ServeOptions {
     pub max_frames: Option<u64>,
     /// HTTP listen address; `None` for no HTTP server.
     pub listen: Option<String>,
+    /// Required for every HTTP method but GET when set ([`super::auth`]).
+    pub token: Option<super::auth::ApiToken>,
+    /// Serve beyond loopback without a token (the operator's explicit choice).
+    pub insecure_no_token: bool,
 }
 
 pub struct Service {
