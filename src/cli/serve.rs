@@ -58,6 +58,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         precision: args.model.precision,
         listen: args.listen,
         threshold: args.threshold,
+        views: args.views,
         frames: args.frames,
         no_http: args.no_http.then_some(true),
         ..ServeConfig::default()
@@ -77,6 +78,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         camera,
         fps: cfg.fps,
         threshold,
+        views: cfg.views,
         max_frames: cfg.frames,
         listen: if cfg.no_http == Some(true) {
             None
