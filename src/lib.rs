@@ -35,7 +35,7 @@
 //! - [`views`]: the fixed views (plain, flip, centre crop, its flip) training and prediction share.
 //! - [`novelty`]: how far an embedding is from the training data, and the `unknown` threshold.
 //! - [`confidence`]: temperature scaling, expected calibration error, reliability bins.
-//! - `plots` (feature `plots`): the reports' SVG pictures.
+//! - [`plots`] (feature `plots`): the reports' SVG pictures.
 //! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8, with
 //!   operators of our own where tract has no fast kernel.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor; the

@@ -126,7 +126,7 @@ impl Novelty {
     /// is set by [`Novelty::set_threshold`].
     pub fn fit(x: &Array2<f32>, y: &[usize], classes: usize, seed: u64) -> Novelty {
         let n = y.len();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f_7665_6c74_79);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006e_6f76_656c_7479);
         let mut keep: Vec<usize> = Vec::new();
         let mut per_class = vec![0; classes];
         for (c, kept) in per_class.iter_mut().enumerate() {
