@@ -9,7 +9,8 @@ use thiserror::Error;
 
 use crate::backbone::{Backbone, BackboneError, EMBEDDING_DIM};
 use crate::head::{argmax, BackboneRef, Head};
-use crate::preprocess::{PREPROCESS_ACCEPTED, PREPROCESS_VERSION};
+use crate::preprocess::{self, PREPROCESS_ACCEPTED, PREPROCESS_VERSION};
+use crate::views::{self, Views};
 
 #[derive(Debug, Error)]
 pub enum MismatchError {
@@ -61,6 +62,10 @@ pub struct Prediction {
     pub index: usize,
     pub confidence: f32,
     pub probs: Vec<f32>,
+    /// How far the image is from the training images (when the head has a novelty model).
+    pub novelty: Option<f32>,
+    /// The novelty is above the head's threshold: the image is of none of the classes.
+    pub novel: bool,
 }
 
 impl Prediction {
@@ -84,8 +89,39 @@ impl Prediction {
             index,
             confidence: probs[index],
             probs,
+            novelty: None,
+            novel: false,
         }
     }
+
+    /// Adds the novelty score of the image's plain-view embedding.
+    pub fn with_novelty(mut self, head: &Head, plain: &[f32]) -> Prediction {
+        if let Some(n) = &head.novelty {
+            let score = n.score(plain);
+            self.novelty = Some(score);
+            self.novel = n.is_unknown(score);
+        }
+        self
+    }
+}
+
+/// Classifies `img` with `head`, averaging its probabilities over `views` (the head's own when
+/// `None`), with the novelty score of the plain view.
+pub fn classify(
+    backbone: &Backbone,
+    head: &Head,
+    img: &RgbImage,
+    views: Option<Views>,
+) -> Result<Prediction, BackboneError> {
+    let n = views.unwrap_or(head.views).count();
+    let fitted = preprocess::fit(img, backbone.input_size());
+    let embeddings = (0..n)
+        .map(|v| backbone.embed(&views::view(&fitted, v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(
+        Prediction::from_probs(head, head.predict_views(&embeddings))
+            .with_novelty(head, &embeddings[0]),
+    )
 }
 
 pub struct Classifier {
@@ -99,11 +135,12 @@ impl Classifier {
         Ok(Classifier { backbone, head })
     }
 
-    pub fn predict(&self, img: &RgbImage) -> Result<Prediction, BackboneError> {
-        let embedding = self.backbone.embed(img)?;
-        Ok(Prediction::from_probs(
-            &self.head,
-            self.head.predict(&embedding),
-        ))
+    /// Classifies `img` over `views` (the head's own when `None`).
+    pub fn predict(
+        &self,
+        img: &RgbImage,
+        views: Option<Views>,
+    ) -> Result<Prediction, BackboneError> {
+        classify(&self.backbone, &self.head, img, views)
     }
 }

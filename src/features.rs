@@ -2,8 +2,9 @@
 //! backbone on every core, and kept in an on-disk cache so a second run re-embeds nothing.
 //!
 //! A cache entry's key is the hash of (the backbone's embedding id — its file's sha256, plus the
-//! precision when that is not f32 —, image content sha256, preprocessing version, and for an
-//! augmented view: its parameters, the seed and the view index), so embeddings from other
+//! precision when that is not f32 —, image content sha256, preprocessing version, for a fixed view
+//! (flip, centre crop...) its name, and for a random augmented view: its parameters, the seed and
+//! the view index), so embeddings from other
 //! arithmetic are never reused. Entries are
 //! written atomically and carry their own checksum, so an interrupted run never leaves an entry
 //! that reads back wrong; a damaged entry is recomputed.
@@ -18,6 +19,7 @@ use crate::augment::{self, AugmentParams};
 use crate::backbone::{Backbone, EMBEDDING_DIM};
 use crate::fsutil;
 use crate::preprocess::{self, PREPROCESS_VERSION};
+use crate::views::{self, Views};
 
 /// Environment variable overriding the cache directory.
 pub const CACHE_ENV: &str = "EDGE_MNV2_CACHE";
@@ -31,9 +33,11 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     }
 }
 
-/// Which views of each image to embed: view 0 is the plain image, views 1..=augment are random.
+/// Which views of each image to embed: first the fixed views (view 0 is the plain image), then
+/// `augment` random ones.
 #[derive(Debug, Clone, Copy)]
 pub struct ViewSpec {
+    pub fixed: Views,
     pub augment: usize,
     pub params: AugmentParams,
     pub seed: u64,
@@ -41,11 +45,22 @@ pub struct ViewSpec {
 
 impl ViewSpec {
     pub fn plain() -> ViewSpec {
+        ViewSpec::fixed(Views::ONE)
+    }
+
+    /// The fixed views alone (what evaluation and prediction use).
+    pub fn fixed(fixed: Views) -> ViewSpec {
         ViewSpec {
+            fixed,
             augment: 0,
             params: AugmentParams::default(),
             seed: 0,
         }
+    }
+
+    /// How many embeddings each image gets.
+    pub fn count(&self) -> usize {
+        self.fixed.count() + self.augment
     }
 }
 
@@ -66,10 +81,13 @@ impl Cache {
         h.update(embedding_id.as_bytes());
         h.update(b"\0");
         h.update(image_sha.as_bytes());
-        if view > 0 {
-            h.update(
-                format!("\0{}\0seed={}\0view={view}", views.params.key(), views.seed).as_bytes(),
-            );
+        let fixed = views.fixed.count();
+        if view >= fixed {
+            // Random views keep the key they had before fixed views existed: view 1..=augment.
+            let r = view - fixed + 1;
+            h.update(format!("\0{}\0seed={}\0view={r}", views.params.key(), views.seed).as_bytes());
+        } else if view > 0 {
+            h.update(format!("\0fixed={}", views::view_name(view)).as_bytes());
         }
         hex::encode(h.finalize())
     }
@@ -120,7 +138,7 @@ impl Cache {
     }
 }
 
-/// The embeddings of one image: `views[0]` plain, then the augmented views.
+/// The embeddings of one image: `views[0]` plain, the other fixed views, then the random ones.
 #[derive(Debug, Clone)]
 pub struct ImageEmbeddings {
     pub views: Vec<Vec<f32>>,
@@ -200,7 +218,7 @@ fn embed_one(
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
     let image_sha = hex::encode(Sha256::digest(&bytes));
-    let keys: Vec<String> = (0..=views.augment)
+    let keys: Vec<String> = (0..views.count())
         .map(|v| Cache::key(&backbone.embedding_id(), &image_sha, views, v))
         .collect();
     let cached: Vec<Option<Vec<f32>>> = keys.iter().map(|k| cache.get(k)).collect();
@@ -216,10 +234,11 @@ fn embed_one(
         let emb = match hit {
             Some(e) => e,
             None => {
-                let e = if v == 0 {
-                    backbone.embed(&fitted)
+                let fixed = views.fixed.count();
+                let e = if v < fixed {
+                    backbone.embed(&views::view(&fitted, v))
                 } else {
-                    let mut rng = augment::view_rng(views.seed, &image_sha, v);
+                    let mut rng = augment::view_rng(views.seed, &image_sha, v - fixed + 1);
                     backbone.embed(&augment::augment(&fitted, &views.params, &mut rng))
                 }
                 .map_err(|e| format!("{name}: {e}"))?;
@@ -254,6 +273,7 @@ mod tests {
     #[test]
     fn keys_separate_views_seeds_and_params() {
         let a = ViewSpec {
+            fixed: Views::ONE,
             augment: 2,
             params: AugmentParams::default(),
             seed: 1,
@@ -262,5 +282,16 @@ mod tests {
         assert_eq!(Cache::key("m", "i", &a, 0), Cache::key("m", "i", &b, 0));
         assert_ne!(Cache::key("m", "i", &a, 1), Cache::key("m", "i", &b, 1));
         assert_ne!(Cache::key("m", "i", &a, 1), Cache::key("m", "i", &a, 2));
+        // Every fixed view has its own entry, and a random view keeps its key when fixed views
+        // come before it.
+        let four = ViewSpec {
+            fixed: Views::FOUR,
+            ..a
+        };
+        let keys: std::collections::BTreeSet<String> =
+            (0..6).map(|v| Cache::key("m", "i", &four, v)).collect();
+        assert_eq!(keys.len(), 6);
+        assert_eq!(Cache::key("m", "i", &four, 4), Cache::key("m", "i", &a, 1));
+        assert_eq!(Cache::key("m", "i", &four, 0), Cache::key("m", "i", &a, 0));
     }
 }

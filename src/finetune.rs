@@ -1,6 +1,11 @@
 //! `finetune` and `evaluate` from start to finish: dataset → embeddings (cached) → head → held-out
 //! metrics → head file and reports, written atomically into the output directory.
 
+mod assess;
+pub use assess::{
+    assess, images_under, markdown as assessment_markdown, plots, Assessment, NoveltySummary,
+};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -12,12 +17,15 @@ use serde::Serialize;
 
 use crate::augment::AugmentParams;
 use crate::backbone::{Backbone, EMBEDDING_DIM};
-use crate::classifier::{backbone_ref, Prediction};
+use crate::classifier::backbone_ref;
+use crate::confidence::CalibrationReport;
 use crate::dataset::{Dataset, Sample, SplitFractions};
 use crate::features::{self, Cache, EmbedStats, ViewSpec};
 use crate::fsutil;
 use crate::head::{EpochStats, Head, TrainConfig, TrainSummary, HEAD_FILE};
-use crate::metrics::{self, Evaluation};
+use crate::metrics::Evaluation;
+use crate::novelty::UnknownReport;
+use crate::views::Views;
 
 /// Fewer readable images than this in a class (train + validation) is refused: nothing honest
 /// can be learned or measured from it.
@@ -47,6 +55,12 @@ pub struct FinetuneOptions {
     pub augment_params: AugmentParams,
     pub threads: usize,
     pub cache_dir: Option<PathBuf>,
+    /// Fixed views per image, for training and (recorded in the head) for prediction.
+    pub views: Views,
+    /// Share of known validation images the novelty threshold keeps.
+    pub keep_rate: f32,
+    /// A folder of images of none of the classes, to measure rejection on.
+    pub unknown: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,8 +112,17 @@ pub struct Report {
     /// epochs_run, best_epoch, best_val_loss, stopped_early, class_weights, history.
     #[serde(flatten)]
     pub training: TrainSummary,
+    /// The fixed views each image was embedded with (training and test alike).
+    pub views: Vec<&'static str>,
     /// Metrics on the held-out test split; `null` when the split is empty.
     pub test: Option<Evaluation>,
+    /// Temperature and expected calibration error on the test split.
+    pub calibration: Option<CalibrationReport>,
+    pub novelty: Option<NoveltySummary>,
+    /// Known test images against `--unknown` images.
+    pub unknown: Option<UnknownReport>,
+    /// SVG plots written beside report.md.
+    pub plots: Vec<String>,
     pub embeddings: EmbeddingCounts,
     pub unreadable: Vec<Unreadable>,
     pub timings: Timings,
@@ -142,6 +165,24 @@ struct Embedder<'a> {
 }
 
 impl Embedder<'_> {
+    /// Embeds every image under `dir` (plain view only: novelty is scored on it).
+    fn embed_unknown(&mut self, dir: &Path) -> Result<Vec<(Sample, Vec<Vec<f32>>)>> {
+        let paths = images_under(dir)
+            .with_context(|| format!("{}: cannot read the unknown-image folder", dir.display()))?;
+        if paths.is_empty() {
+            bail!("{}: no images in the unknown-image folder", dir.display());
+        }
+        let samples = paths
+            .into_iter()
+            .map(|path| Sample {
+                rel: path.display().to_string(),
+                path,
+                label: 0,
+            })
+            .collect();
+        self.embed(samples, &ViewSpec::plain(), "embedding unknown")
+    }
+
     /// Embeds `samples` (views per `views`), setting unreadable ones aside.
     /// Returns the readable samples with their embeddings.
     fn embed(
@@ -191,26 +232,6 @@ fn matrix(rows: &[&Vec<f32>]) -> Array2<f32> {
     x
 }
 
-/// Predicts every embedded sample and computes the metrics.
-pub fn evaluate_embedded(head: &Head, embedded: &[(Sample, Vec<Vec<f32>>)]) -> Evaluation {
-    let rows: Vec<&Vec<f32>> = embedded.iter().map(|(_, v)| &v[0]).collect();
-    let probs = head.predict_batch(matrix(&rows).view());
-    let predictions: Vec<(usize, f32)> = probs
-        .rows()
-        .into_iter()
-        .map(|r| {
-            let p = Prediction::from_probs(head, r.to_vec());
-            (p.index, p.confidence)
-        })
-        .collect();
-    let actual: Vec<usize> = embedded.iter().map(|(s, _)| s.label).collect();
-    let files: Vec<String> = embedded
-        .iter()
-        .map(|(s, _)| s.path.display().to_string())
-        .collect();
-    metrics::evaluate(&head.classes, &actual, &predictions, &files)
-}
-
 pub fn finetune(
     backbone: &Backbone,
     opts: &FinetuneOptions,
@@ -219,12 +240,19 @@ pub fn finetune(
     progress: &dyn Progress,
 ) -> Result<Report> {
     let load_s = started.elapsed().as_secs_f64();
+    if !(opts.keep_rate > 0.0 && opts.keep_rate <= 1.0) {
+        bail!(
+            "--keep-rate {}: must be above 0 and at most 1",
+            opts.keep_rate
+        );
+    }
     let ds = Dataset::open(&opts.data, opts.split)?;
     prepare_out_dir(&opts.out)?;
     for note in &ds.notes {
         progress.stage(note);
     }
     let train_views = ViewSpec {
+        fixed: opts.views,
         augment: opts.augment,
         params: opts.augment_params,
         seed: opts.train.seed,
@@ -240,8 +268,13 @@ pub fn finetune(
     };
     let t_embed = Instant::now();
     let train = embedder.embed(ds.train.clone(), &train_views, "embedding train")?;
-    let val = embedder.embed(ds.val.clone(), &ViewSpec::plain(), "embedding val")?;
-    let test = embedder.embed(ds.test.clone(), &ViewSpec::plain(), "embedding test")?;
+    let eval_views = ViewSpec::fixed(opts.views);
+    let val = embedder.embed(ds.val.clone(), &eval_views, "embedding val")?;
+    let test = embedder.embed(ds.test.clone(), &eval_views, "embedding test")?;
+    let unknown = match &opts.unknown {
+        Some(dir) => Some(embedder.embed_unknown(dir)?),
+        None => None,
+    };
     let Embedder {
         unreadable, stats, ..
     } = embedder;
@@ -288,9 +321,9 @@ pub fn finetune(
         "training the head on {} embeddings ({} images × {} views)",
         y_train.len(),
         train.len(),
-        opts.augment + 1
+        train_views.count()
     ));
-    let (head, summary) = Head::train(
+    let (mut head, summary) = Head::train(
         backbone_ref(backbone),
         classes.clone(),
         x_train.view(),
@@ -301,10 +334,13 @@ pub fn finetune(
         cancel,
         |e| progress.epoch(e),
     )?;
+    head.views = opts.views;
+    assess::calibrate_head(&mut head, &train, &val, opts.keep_rate);
     let train_s = t_train.elapsed().as_secs_f64();
 
     let t_eval = Instant::now();
-    let test_eval = (!test.is_empty()).then(|| evaluate_embedded(&head, &test));
+    let unknown_dir = opts.unknown.as_deref().zip(unknown.as_deref());
+    let assessment = (!test.is_empty()).then(|| assess(&head, &test, unknown_dir));
     if test.is_empty() {
         progress.stage("the held-out test split is empty: no test metrics");
     }
@@ -312,7 +348,7 @@ pub fn finetune(
 
     let samples =
         |v: &[(Sample, Vec<Vec<f32>>)]| v.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
-    let report = Report {
+    let mut report = Report {
         edge_mnv2_version: env!("CARGO_PKG_VERSION").into(),
         data: ds.root.display().to_string(),
         model: ModelInfo {
@@ -334,8 +370,13 @@ pub fn finetune(
         config: opts.train.clone(),
         augment: opts.augment,
         augment_params: opts.augment_params,
+        views: opts.views.names(),
+        novelty: NoveltySummary::of(&head),
+        calibration: assessment.as_ref().map(|a| a.calibration.clone()),
+        unknown: assessment.as_ref().and_then(|a| a.unknown.clone()),
+        plots: Vec::new(),
         training: summary,
-        test: test_eval,
+        test: assessment.as_ref().map(|a| a.test.clone()),
         embeddings: EmbeddingCounts {
             computed: stats.computed,
             cached: stats.cached,
@@ -353,26 +394,40 @@ pub fn finetune(
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
         bail!("interrupted");
     }
+    let plots = assess::plots(Some(&report.training), assessment.as_ref(), &head);
+    report.plots = plots.iter().map(|(name, _)| name.clone()).collect();
     // The head goes last: a run that fails while writing leaves the previous head in place.
+    for (name, svg) in &plots {
+        fsutil::write_atomic(&opts.out.join(name), svg.as_bytes())?;
+    }
     fsutil::write_atomic(
         &opts.out.join("report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
-    fsutil::write_atomic(&opts.out.join("report.md"), report.to_markdown().as_bytes())?;
+    let markdown =
+        report.to_markdown() + &assessment.map_or(String::new(), |a| assess::markdown(&a, &head));
+    fsutil::write_atomic(
+        &opts.out.join("report.md"),
+        (markdown + &plot_links(&report.plots)).as_bytes(),
+    )?;
     head.save(&opts.out.join(HEAD_FILE))?;
     Ok(report)
 }
 
-/// Evaluates a trained head on a `<class>/<image>` folder.
+/// Evaluates a trained head on a `<class>/<image>` folder (with `views`), and against the images
+/// under `unknown` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_folder(
     backbone: &Backbone,
     head: &Head,
     dir: &Path,
+    views: Views,
+    unknown: Option<&Path>,
     cache_dir: Option<PathBuf>,
     threads: usize,
     cancel: &AtomicBool,
     progress: &dyn Progress,
-) -> Result<(Evaluation, Vec<Unreadable>)> {
+) -> Result<(Assessment, Vec<Unreadable>)> {
     let (samples, _ignored) = crate::dataset::open_labelled_folder(dir, &head.classes)?;
     let mut embedder = Embedder {
         backbone,
@@ -383,12 +438,29 @@ pub fn evaluate_folder(
         unreadable: Vec::new(),
         stats: EmbedStats::default(),
     };
-    let embedded = embedder.embed(samples, &ViewSpec::plain(), "embedding")?;
+    let embedded = embedder.embed(samples, &ViewSpec::fixed(views), "embedding")?;
+    let unknown_embedded = match unknown {
+        Some(u) => Some(embedder.embed_unknown(u)?),
+        None => None,
+    };
     let unreadable = embedder.unreadable;
     if embedded.is_empty() {
         bail!("{}: no readable images to evaluate", dir.display());
     }
-    Ok((evaluate_embedded(head, &embedded), unreadable))
+    let assessment = assess(head, &embedded, unknown.zip(unknown_embedded.as_deref()));
+    Ok((assessment, unreadable))
+}
+
+/// The Markdown lines linking the plots written beside report.md.
+pub fn plot_links(plots: &[String]) -> String {
+    if plots.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## Plots\n\n");
+    for p in plots {
+        s.push_str(&format!("![{p}]({p})\n\n"));
+    }
+    s
 }
 
 impl Report {
@@ -406,8 +478,8 @@ impl Report {
             s.push_str(&format!("- {n}\n"));
         }
         s.push_str(&format!(
-            "- training embeddings: {} ({} augmented view(s) per image)\n- unreadable images skipped: {}\n- non-image files ignored: {}\n\n",
-            self.counts.train_views, self.augment, self.counts.unreadable, self.counts.ignored_files
+            "- training embeddings: {} (views {} and {} random augmented view(s) per image; validation and test images: views {})\n- unreadable images skipped: {}\n- non-image files ignored: {}\n\n",
+            self.counts.train_views, self.views.join(", "), self.augment, self.views.join(", "), self.counts.unreadable, self.counts.ignored_files
         ));
         s.push_str(&format!(
             "## Training\n\nSeed {}, Adam lr {}, batch {}, L2 {}, class weighting {}, standardised {}.  \nRan {} epoch(s), best epoch {} (validation loss {}){}.\n\n",

@@ -17,11 +17,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::confidence;
 use crate::fsutil;
 use crate::models::InputSpec;
+use crate::novelty::Novelty;
+use crate::views::Views;
 
 pub const HEAD_FORMAT: &str = "edge-mnv2-head";
-pub const HEAD_VERSION: u32 = 1;
+/// Version 2 added the temperature, the views and the novelty model; version 1 heads still load
+/// (temperature 1, one view, no novelty score).
+pub const HEAD_VERSION: u32 = 2;
 /// The file name of the head inside an output directory.
 pub const HEAD_FILE: &str = "head.json";
 
@@ -105,6 +110,19 @@ pub struct Head {
     pub weights: Vec<f32>,
     pub bias: Vec<f32>,
     pub config: TrainConfig,
+    /// Logits are divided by this before the softmax (fitted on validation; 1 = as trained).
+    #[serde(default = "one")]
+    pub temperature: f32,
+    /// The fixed views the head was trained on; prediction averages over them by default.
+    #[serde(default)]
+    pub views: Views,
+    /// The novelty score's prototypes and threshold; `None` for heads from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<Novelty>,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// Header line of a head file; the payload (the [`Head`] as JSON) follows on the next line and
@@ -311,6 +329,9 @@ impl Head {
             weights: w.iter().copied().collect(),
             bias: b.to_vec(),
             config: cfg.clone(),
+            temperature: 1.0,
+            views: Views::ONE,
+            novelty: None,
         };
         let summary = TrainSummary {
             epochs_run,
@@ -332,18 +353,47 @@ impl Head {
         }
     }
 
-    /// Class probabilities for each row of raw embeddings.
-    pub fn predict_batch(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    /// Logits (before temperature) for each row of raw embeddings.
+    pub fn logits_batch(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let mean = Array1::from(self.mean.clone());
         let std = Array1::from(self.std.clone());
         let xn = (&x - &mean) / &std;
-        probabilities(&xn.view(), &self.params())
+        let p = self.params();
+        xn.dot(&p.w) + &p.b
     }
 
-    /// Class probabilities for one embedding.
+    /// Calibrated class probabilities for each row of raw embeddings.
+    pub fn predict_batch(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let mut z = self.logits_batch(x) / self.temperature;
+        softmax_rows(&mut z);
+        z
+    }
+
+    /// Calibrated class probabilities for one embedding.
     pub fn predict(&self, embedding: &[f32]) -> Vec<f32> {
-        let x = ArrayView2::from_shape((1, embedding.len()), embedding).expect("one row");
-        self.predict_batch(x).row(0).to_vec()
+        self.predict_views(std::slice::from_ref(&embedding.to_vec()))
+    }
+
+    /// Calibrated class probabilities of one image, averaged over its views' embeddings.
+    pub fn predict_views(&self, views: &[Vec<f32>]) -> Vec<f32> {
+        confidence::probs(&self.view_logits(views), self.temperature)
+    }
+
+    /// Each view's logits (before temperature).
+    pub fn view_logits(&self, views: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let d = self.mean.len();
+        let flat: Vec<f32> = views.iter().flatten().copied().collect();
+        let x = ArrayView2::from_shape((views.len(), d), &flat).expect("embedding_dim per view");
+        self.logits_batch(x)
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect()
+    }
+
+    /// The novelty score of an image (from its plain view), when the head has a novelty model.
+    pub fn novelty(&self, plain: &[f32]) -> Option<f32> {
+        self.novelty.as_ref().map(|n| n.score(plain))
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
@@ -389,7 +439,7 @@ impl Head {
                 header.format
             )));
         }
-        if header.version != HEAD_VERSION {
+        if header.version != HEAD_VERSION && header.version != 1 {
             return Err(fail(format!(
                 "head file version {} is not supported by this edge-mnv2 (reads version {HEAD_VERSION})",
                 header.version
@@ -409,6 +459,11 @@ impl Head {
             || head.bias.len() != c
             || d != head.backbone.embedding_dim
             || c < 2
+            || !(head.temperature.is_finite() && head.temperature > 0.0)
+            || head
+                .novelty
+                .as_ref()
+                .is_some_and(|n| n.per_class.len() != c || n.dim() != d)
         {
             return Err(fail(
                 "inconsistent head file (array sizes do not match)".into(),

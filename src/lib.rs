@@ -32,6 +32,10 @@
 //! - [`head`]: embedding → label: the softmax head, its training and its file.
 //! - [`dataset`]: a labelled folder and its deterministic splits.
 //! - [`augment`]: random flip / rotation / zoom views for training.
+//! - [`views`]: the fixed views (plain, flip, centre crop, its flip) training and prediction share.
+//! - [`novelty`]: how far an embedding is from the training data, and the `unknown` threshold.
+//! - [`confidence`]: temperature scaling, expected calibration error, reliability bins.
+//! - [`plots`] (feature `plots`): the reports' SVG pictures.
 //! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8, with
 //!   operators of our own where tract has no fast kernel.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor; the
@@ -49,6 +53,7 @@ pub mod calibrate;
 pub mod calibration;
 pub mod capture;
 pub mod classifier;
+pub mod confidence;
 pub mod dataset;
 pub mod features;
 pub mod fetch;
@@ -58,7 +63,11 @@ pub mod head;
 pub mod loader;
 pub mod metrics;
 pub mod models;
+pub mod novelty;
+#[cfg(feature = "plots")]
+pub mod plots;
 pub mod preprocess;
 pub mod serve;
 pub mod source;
 pub mod tflite;
+pub mod views;

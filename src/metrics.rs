@@ -35,6 +35,10 @@ pub struct Evaluation {
     /// `confusion_matrix[actual][predicted]`.
     pub confusion_matrix: Vec<Vec<usize>>,
     pub misclassified: Vec<Misclassified>,
+    /// Share of these (known) images the novelty score labels `unknown`; beside the closed-set
+    /// figures above, which always take the most probable class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_rate: Option<f64>,
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -124,6 +128,7 @@ pub fn evaluate(
         per_class,
         confusion_matrix: cm,
         misclassified,
+        rejected_rate: None,
     }
 }
 

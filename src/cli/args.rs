@@ -12,6 +12,8 @@ use edge_mnv2::features;
 use edge_mnv2::head::TrainConfig;
 use edge_mnv2::loader::BackboneChoice;
 use edge_mnv2::models::Precision;
+use edge_mnv2::novelty::DEFAULT_KEEP_RATE;
+use edge_mnv2::views::Views;
 
 #[derive(Parser)]
 #[command(
@@ -168,9 +170,21 @@ pub struct FinetuneArgs {
     /// L2 weight decay on the head's weights
     #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
     pub weight_decay: f32,
-    /// Augmented views per training image (0 turns augmentation off)
+    /// Random augmented views per training image (0 turns augmentation off)
     #[arg(long, default_value_t = 2)]
     pub augment: usize,
+    /// Fixed views per image, for training and test: 1 plain, 2 + flip, 4 + centre 87.5% crop and
+    /// its flip; the head records it and predict/evaluate/serve average over the same views
+    #[arg(long, default_value_t = Views::FOUR, value_name = "1|2|4")]
+    pub views: Views,
+    /// Share of the known validation images the novelty threshold keeps (the rest, and images
+    /// farther from the training data, are `unknown`)
+    #[arg(long, default_value_t = DEFAULT_KEEP_RATE, value_name = "RATE")]
+    pub keep_rate: f32,
+    /// Folder of images of none of the classes (searched recursively): the report measures how
+    /// well they are told apart and how many are accepted
+    #[arg(long, value_name = "DIR")]
+    pub unknown: Option<PathBuf>,
     /// Maximum rotation of an augmented view, in degrees
     #[arg(long, default_value_t = AugmentParams::default().rotate_deg)]
     pub rotate: f32,
@@ -207,6 +221,15 @@ pub struct EvaluateArgs {
     pub model: ModelArg,
     /// Folder of <class>/<image> with the head's class names
     pub testdir: PathBuf,
+    /// Views averaged per image (1, 2 or 4) [default: the head's training views]
+    #[arg(long, value_name = "1|2|4")]
+    pub views: Option<Views>,
+    /// Folder of images of none of the classes (searched recursively), to measure rejection on
+    #[arg(long, value_name = "DIR")]
+    pub unknown: Option<PathBuf>,
+    /// Also write report.md, report.json and the SVG plots into DIR
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
     /// Print the metrics as JSON
@@ -224,6 +247,9 @@ pub struct PredictArgs {
     /// One JSON object per image on stdout
     #[arg(long)]
     pub json: bool,
+    /// Views averaged per image (1, 2 or 4) [default: the head's training views]
+    #[arg(long, value_name = "1|2|4")]
+    pub views: Option<Views>,
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
 }
@@ -335,9 +361,14 @@ pub struct ServeArgs {
     /// Listen beyond loopback without a token: anyone who reaches the port may classify and reload
     #[arg(long)]
     pub insecure_no_token: bool,
-    /// Below this confidence the label is `unknown` [default: 0]
+    /// Below this confidence the label is `unknown` [default: 0]; a frame is also `unknown` when
+    /// its novelty is above the head's threshold
     #[arg(long, value_name = "X")]
     pub threshold: Option<f32>,
+    /// Views averaged per frame: 1 plain, 2 + flip, 4 + centre crop and its flip; each view is one
+    /// more backbone run per frame [default: the head's training views]
+    #[arg(long, value_name = "1|2|4")]
+    pub views: Option<Views>,
     /// Stop after this many classified frames (bounded runs, tests)
     #[arg(long, value_name = "N")]
     pub frames: Option<u64>,

@@ -10,6 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use edge_mnv2::models::Precision;
+use edge_mnv2::serve::UNKNOWN_LABEL;
 use edge_mnv2::{fsutil, loader, preprocess};
 
 use super::args::{ClassifyArgs, EmbedArgs, PredictArgs};
@@ -46,7 +47,10 @@ struct EmbedLine<'a> {
 struct PredictLine<'a> {
     confidence: f64,
     file: &'a Path,
+    /// The top class, or `unknown` when the novelty is above the head's threshold.
     label: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    novelty: Option<f64>,
     probs: BTreeMap<String, f64>,
 }
 
@@ -138,18 +142,29 @@ pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     Ok(for_each_image(&args.images, |path| {
         let img = preprocess::load_rgb_reduced(path, c.backbone.input_size())?;
-        let p = c.predict(&img)?;
+        let p = c.predict(&img, args.views)?;
+        let label = if p.novel { UNKNOWN_LABEL } else { &p.label };
         let mut out = stdout.lock();
         if args.json {
             let line = PredictLine {
                 confidence: f64::from(p.confidence),
                 file: path,
-                label: &p.label,
+                label,
+                novelty: p.novelty.map(f64::from),
                 probs: p.probs_by_class(&c.head.classes, f64::from),
             };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         } else {
-            writeln!(out, "{}\t{}\t{:.4}", path.display(), p.label, p.confidence)?;
+            let novelty = p
+                .novelty
+                .map_or(String::new(), |n| format!("\tnovelty {n:.4}"));
+            writeln!(
+                out,
+                "{}\t{}\t{:.4}{novelty}",
+                path.display(),
+                label,
+                p.confidence
+            )?;
         }
         Ok(())
     }))

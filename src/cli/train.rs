@@ -5,14 +5,17 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use edge_mnv2::augment::AugmentParams;
+use edge_mnv2::confidence::CalibrationReport;
 use edge_mnv2::finetune::{self, FinetuneOptions, Unreadable};
+use edge_mnv2::fsutil;
 use edge_mnv2::head::TrainConfig;
 use edge_mnv2::loader;
 use edge_mnv2::metrics::Evaluation;
+use edge_mnv2::novelty::UnknownReport;
 
 use super::args::{EvaluateArgs, FinetuneArgs};
 use super::{errors, progress};
@@ -20,10 +23,16 @@ use super::{errors, progress};
 /// What `evaluate --json` prints; fields in name order, the order it has always printed.
 #[derive(Serialize)]
 struct EvaluateReport<'a> {
+    calibration: &'a CalibrationReport,
     data: &'a Path,
     head: &'a Path,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    plots: Vec<String>,
     test: &'a Evaluation,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unknown: Option<&'a UnknownReport>,
     unreadable: &'a [Unreadable],
+    views: Vec<&'static str>,
 }
 
 impl FinetuneArgs {
@@ -50,6 +59,9 @@ impl FinetuneArgs {
             },
             threads: self.run.threads(),
             cache_dir: self.run.cache_dir(),
+            views: self.views,
+            keep_rate: self.keep_rate,
+            unknown: self.unknown.clone(),
         }
     }
 }
@@ -73,6 +85,25 @@ pub fn finetune(args: &FinetuneArgs) -> Result<ExitCode> {
             )?,
             None => writeln!(out, "no held-out test images: no test metrics")?,
         }
+        if let (Some(t), Some(c)) = (&report.test, &report.calibration) {
+            writeln!(
+                out,
+                "known test images rejected as unknown {:.1}%; ECE {:.4} before, {:.4} after temperature {:.3}",
+                t.rejected_rate.unwrap_or(0.0) * 100.0,
+                c.ece_before,
+                c.ece_after,
+                c.temperature
+            )?;
+        }
+        if let Some(u) = &report.unknown {
+            writeln!(
+                out,
+                "unknown images: AUROC {}, {:.1}% of {} accepted",
+                u.auroc.map_or("n/a".into(), |a| format!("{a:.4}")),
+                u.accepted_rate * 100.0,
+                u.images
+            )?;
+        }
         writeln!(
             out,
             "{} epochs (best {}), {:.1} s total; wrote {}",
@@ -89,10 +120,13 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<ExitCode> {
     let cancel = progress::cancel_on_ctrl_c();
     let c = loader::classifier(&args.head, &args.model.choice())?;
     let progress = progress::Terminal::new();
-    let (eval, unreadable) = finetune::evaluate_folder(
+    let views = args.views.unwrap_or(c.head.views);
+    let (assessment, unreadable) = finetune::evaluate_folder(
         &c.backbone,
         &c.head,
         &args.testdir,
+        views,
+        args.unknown.as_deref(),
         args.run.cache_dir(),
         args.run.threads(),
         cancel,
@@ -101,20 +135,46 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<ExitCode> {
     for u in &unreadable {
         errors::print_reason(&u.reason);
     }
+    let plots = match &args.out {
+        Some(_) => finetune::plots(None, Some(&assessment), &c.head),
+        None => Vec::new(),
+    };
+    let report = EvaluateReport {
+        calibration: &assessment.calibration,
+        data: &args.testdir,
+        head: &args.head,
+        plots: plots.iter().map(|(name, _)| name.clone()).collect(),
+        test: &assessment.test,
+        unknown: assessment.unknown.as_ref(),
+        unreadable: &unreadable,
+        views: views.names(),
+    };
+    // Through a `Value`, whose maps sort their keys: the nested metrics have always been
+    // printed in name order.
+    let json = serde_json::to_string_pretty(&serde_json::to_value(&report)?)?;
+    let markdown = format!(
+        "# edge-mnv2 evaluation\n\nData: `{}`  \nHead: `{}`  \nViews: {}\n\n{}{}{}",
+        args.testdir.display(),
+        args.head.display(),
+        views.names().join(", "),
+        assessment.test.to_markdown(50),
+        finetune::assessment_markdown(&assessment, &c.head),
+        finetune::plot_links(&report.plots)
+    );
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output directory", dir.display()))?;
+        for (name, svg) in &plots {
+            fsutil::write_atomic(&dir.join(name), svg.as_bytes())?;
+        }
+        fsutil::write_atomic(&dir.join("report.json"), json.as_bytes())?;
+        fsutil::write_atomic(&dir.join("report.md"), markdown.as_bytes())?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let report = EvaluateReport {
-            data: &args.testdir,
-            head: &args.head,
-            test: &eval,
-            unreadable: &unreadable,
-        };
-        // Through a `Value`, whose maps sort their keys: the nested metrics have always been
-        // printed in name order.
-        let sorted = serde_json::to_value(&report)?;
-        writeln!(out, "{}", serde_json::to_string_pretty(&sorted)?)?;
+        writeln!(out, "{json}")?;
     } else {
-        writeln!(out, "{}", eval.to_markdown(50))?;
+        writeln!(out, "{markdown}")?;
     }
     Ok(if unreadable.is_empty() {
         ExitCode::SUCCESS

@@ -17,6 +17,8 @@ pub struct ServeConfig {
     pub source: Option<String>,
     pub listen: Option<String>,
     pub threshold: Option<f32>,
+    /// Views averaged per frame (1, 2 or 4; default: the head's).
+    pub views: Option<crate::views::Views>,
     pub fps: Option<f64>,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -59,6 +61,7 @@ impl ServeConfig {
             source: flags.source.or(self.source),
             listen: flags.listen.or(self.listen),
             threshold: flags.threshold.or(self.threshold),
+            views: flags.views.or(self.views),
             fps: flags.fps.or(self.fps),
             width: flags.width.or(self.width),
             height: flags.height.or(self.height),

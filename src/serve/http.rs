@@ -56,6 +56,8 @@ struct ClassifyAnswer {
     label: String,
     /// Decoding and inference; the upload is not counted.
     latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    novelty: Option<f64>,
     probs: BTreeMap<String, f64>,
 }
 
@@ -65,13 +67,16 @@ impl ClassifyAnswer {
             confidence,
             head,
             label,
+            novelty,
             probs,
+            ..
         } = prediction;
         ClassifyAnswer {
             confidence,
             head,
             label,
             latency_ms: round(latency.as_secs_f64() * 1e3, 2),
+            novelty,
             probs,
         }
     }
@@ -100,7 +105,7 @@ fn classify_thread(svc: &Service, jobs: mpsc::Receiver<ClassifyJob>) {
 
 fn classify(svc: &Service, body: &[u8]) -> Reply {
     let started = Instant::now();
-    let img = match preprocess::decode_rgb(body, "request body") {
+    let img = match preprocess::decode_rgb_reduced(body, "request body", svc.input_size()) {
         Ok(img) => img,
         Err(e) => return Reply::error(400, e.to_string()),
     };
@@ -436,7 +441,9 @@ mod tests {
             confidence: 0.766412,
             head: "7efa".into(),
             label: "bees".into(),
+            novelty: None,
             probs: [("ants".into(), 0.233588), ("bees".into(), 0.766412)].into(),
+            novel: false,
         };
         let answer = ClassifyAnswer::new(prediction, Duration::from_micros(146_961));
         let direct = serde_json::to_string(&answer).unwrap();

@@ -179,6 +179,23 @@ pub fn run(
         head.head.classes,
         head.sha256
     );
+    let views = opts.views.unwrap_or(head.head.views);
+    log::info!(
+        "views per frame: {} ({}): each frame is embedded {} time(s), so inference takes about {}× a single view's time and the frame rate is about 1/{} of it{}",
+        views.count(),
+        views.names().join(", "),
+        views.count(),
+        views.count(),
+        views.count(),
+        if views.count() > 1 { " (--views 1 for speed)" } else { "" }
+    );
+    match &head.head.novelty {
+        Some(n) => log::info!(
+            "novelty threshold {:.4}: frames farther from the training images are `unknown`",
+            n.threshold
+        ),
+        None => log::info!("this head has no novelty model (trained before it existed): only --threshold makes frames `unknown`"),
+    }
     let svc = Arc::new(Service::new(backbone, head, opts));
 
     let terminate = Arc::new(AtomicBool::new(false));

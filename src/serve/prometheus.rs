@@ -31,6 +31,8 @@ impl Histogram {
 pub struct Stats {
     pub captured: u64,
     pub classified: u64,
+    /// Frames whose novelty was above the head's threshold.
+    pub novel: u64,
     pub dropped: u64,
     pub frame_errors: u64,
     pub source_errors: u64,
@@ -57,6 +59,11 @@ pub fn exposition(s: &Stats, source_up: bool, labels: &[&str]) -> String {
         s.captured,
     );
     counter("frames_total", "Frames classified.", s.classified);
+    counter(
+        "frames_novel_total",
+        "Frames farther from the training images than the head's novelty threshold (labelled unknown).",
+        s.novel,
+    );
     counter(
         "frames_dropped_total",
         "Frames replaced by a newer one before inference took them.",

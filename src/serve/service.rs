@@ -15,12 +15,14 @@ use serde::Serialize;
 use super::prometheus::{self, Stats};
 use super::slot::{lock, Captured, FrameSlot};
 use crate::backbone::Backbone;
-use crate::classifier::Prediction;
+use crate::classifier::classify;
 use crate::head::HeadFile;
 use crate::loader;
 use crate::source::{decode_frame, CameraSettings, SourceSpec};
+use crate::views::Views;
 
-/// The label reported when the most probable class is below the confidence threshold.
+/// The label reported when the most probable class is below the confidence threshold, or the
+/// image's novelty is above the head's threshold.
 pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// `x` rounded to `digits` decimals: every number the service reports goes through this, so
@@ -47,9 +49,16 @@ pub struct ImagePrediction {
     pub confidence: f64,
     /// sha256 of the head file that classified the image.
     pub head: String,
-    /// The top class, or [`UNKNOWN_LABEL`] below the threshold.
+    /// The top class, or [`UNKNOWN_LABEL`] below the confidence threshold or above the novelty one.
     pub label: String,
+    /// How far the image is from the head's training images (absent for heads without a novelty
+    /// model); above the head's threshold the label is [`UNKNOWN_LABEL`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<f64>,
     pub probs: BTreeMap<String, f64>,
+    /// The novelty is above the head's threshold (counted apart in the metrics).
+    #[serde(skip)]
+    pub novel: bool,
 }
 
 /// One classified frame: the JSON line `serve` prints and what `GET /latest` returns.
@@ -64,6 +73,8 @@ pub struct FrameResult {
     pub label: String,
     /// From capture to result.
     pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<f64>,
     pub probs: BTreeMap<String, f64>,
     /// The frame's name (file path, or the camera's frame name).
     pub source: String,
@@ -114,6 +125,8 @@ pub struct ServeOptions {
     /// them as fast as inference takes them.
     pub fps: Option<f64>,
     pub threshold: f32,
+    /// Views to average over; `None` follows the head.
+    pub views: Option<Views>,
     /// Stop after this many classified frames.
     pub max_frames: Option<u64>,
     /// HTTP listen address; `None` for no HTTP server.
@@ -130,6 +143,7 @@ pub struct Service {
     head_path: PathBuf,
     reload_lock: Mutex<()>,
     pub threshold: f32,
+    pub views: Option<Views>,
     pub slot: FrameSlot,
     stats: Mutex<Stats>,
     latest: Mutex<Option<FrameResult>>,
@@ -142,6 +156,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// The backbone's square input side: frames and uploads are decoded no smaller than this.
+    pub fn input_size(&self) -> u32 {
+        self.backbone.input_size()
+    }
+
     pub fn new(backbone: Backbone, head: HeadFile, opts: &ServeOptions) -> Service {
         Service {
             backbone,
@@ -149,6 +168,7 @@ impl Service {
             head_path: opts.head.clone(),
             reload_lock: Mutex::new(()),
             threshold: opts.threshold,
+            views: opts.views,
             slot: FrameSlot::default(),
             stats: Mutex::new(Stats::default()),
             latest: Mutex::new(None),
@@ -197,9 +217,8 @@ impl Service {
     /// Classifies one decoded image with the current head.
     pub fn predict(&self, img: &RgbImage) -> anyhow::Result<ImagePrediction> {
         let head = self.head();
-        let embedding = self.backbone.embed(img)?;
-        let p = Prediction::from_probs(&head.head, head.head.predict(&embedding));
-        let label = if p.confidence < self.threshold {
+        let p = classify(&self.backbone, &head.head, img, self.views)?;
+        let label = if p.confidence < self.threshold || p.novel {
             UNKNOWN_LABEL.to_string()
         } else {
             p.label.clone()
@@ -209,7 +228,9 @@ impl Service {
             confidence: round(p.confidence as f64, 6),
             head: head.sha256.clone(),
             label,
+            novelty: p.novelty.map(|n| round(f64::from(n), 6)),
             probs,
+            novel: p.novel,
         })
     }
 
@@ -220,13 +241,16 @@ impl Service {
             confidence,
             head,
             label,
+            novelty,
             probs,
+            novel,
         } = self.predict(&img)?;
         let latency = captured.frame.captured.elapsed().as_secs_f64();
         let ts = round(unix_time(), 3);
         let dropped = {
             let mut s = lock(&self.stats);
             s.classified += 1;
+            s.novel += u64::from(novel);
             *s.per_class.entry(label.clone()).or_default() += 1;
             s.latency.observe(latency);
             s.dropped
@@ -238,6 +262,7 @@ impl Service {
             head,
             label,
             latency_ms: round(latency * 1e3, 2),
+            novelty,
             probs,
             source: captured.frame.name.clone(),
             ts,
@@ -378,6 +403,7 @@ mod tests {
             head: "7efa".into(),
             label: "ants".into(),
             latency_ms: 192.63,
+            novelty: None,
             probs: probs(),
             source: "val/ants/1.jpg".into(),
             ts: 1796019983.006,
@@ -392,7 +418,9 @@ mod tests {
             confidence: 0.5,
             head: "7efa".into(),
             label: UNKNOWN_LABEL.into(),
+            novelty: None,
             probs: probs(),
+            novel: false,
         };
         let (direct, via_value) = both_ways(&image);
         assert_eq!(direct, via_value);
