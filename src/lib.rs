@@ -32,7 +32,7 @@
 //! - [`head`]: embedding → label: the softmax head, its training and its file.
 //! - [`dataset`]: a labelled folder and its deterministic splits.
 //! - [`augment`]: random flip / rotation / zoom views for training.
-//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8, with
+//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32, int8 or f16, with
 //!   operators of our own where tract has no fast kernel.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor; the
 //!   preprocessing version heads and cache entries record.
