@@ -19,8 +19,8 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceMod
 #[cfg(feature = "onnx")]
 use crate::models::Layout;
 use crate::models::{InputDtype, ModelFormat, ModelSpec, Precision, ResolvedModel, ScoresKind};
-use crate::preprocess;
 use crate::tflite;
+use crate::{calibration, preprocess};
 
 /// Width of MobileNetV2 1.0's pooled feature vector.
 pub const EMBEDDING_DIM: usize = 1280;
@@ -39,6 +39,45 @@ pub enum BackboneError {
     Labels { path: String, reason: String },
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("precision {precision} needs FP16 arithmetic (ARMv8.2-A, e.g. a Raspberry Pi 5's Cortex-A76), which this CPU ({cpu}) does not have; use f32 or int8")]
+    NoFp16 { precision: Precision, cpu: String },
+    #[error("precision {precision}: this CPU has FP16 arithmetic but tract did not detect it (it reads asimdhp in /proc/cpuinfo, which qemu-user does not emulate), so f16 would run on slow generic kernels; set TRACT_CPU_AARCH64_KIND=a75 to tell it")]
+    Fp16Undetected { precision: Precision },
+}
+
+/// Whether this CPU runs `precision`: f16 needs FP16 arithmetic, and tract must know it has it
+/// so that the plan gets its FP16 kernels rather than a slow emulation of f16 in f32.
+pub fn check_precision(precision: Precision) -> Result<(), BackboneError> {
+    if precision != Precision::F16 {
+        return Ok(());
+    }
+    if !cpu_has_fp16() {
+        return Err(BackboneError::NoFp16 {
+            precision,
+            cpu: format!("{}: {}", std::env::consts::ARCH, calibration::cpu_name()),
+        });
+    }
+    if !tract_core::internal::tract_linalg::has_fp16() {
+        return Err(BackboneError::Fp16Undetected { precision });
+    }
+    Ok(())
+}
+
+/// What identifies the embeddings of the file with checksum `sha256` in `precision` (`None`: an
+/// ONNX file's own arithmetic), for every precision, including those this CPU does not offer.
+pub fn embedding_id(sha256: &str, precision: Option<Precision>) -> String {
+    match precision {
+        None | Some(Precision::F32) => sha256.to_string(),
+        Some(p) => format!("{sha256}+{p}.{}", tflite::arithmetic_revision(p)),
+    }
+}
+
+/// FEAT_FP16 as the kernel reports it (the auxiliary vector's HWCAP_FPHP/ASIMDHP).
+fn cpu_has_fp16() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("fp16");
+    #[cfg(not(target_arch = "aarch64"))]
+    false
 }
 
 /// What one forward pass returns.
@@ -97,6 +136,9 @@ impl Backbone {
             name: spec.name.clone(),
             reason,
         };
+        if spec.format == ModelFormat::Tflite {
+            check_precision(precision)?;
+        }
         let built = match spec.format {
             ModelFormat::Tflite => build_tflite_plan(&model.path, spec, with_scores, precision),
             ModelFormat::Onnx => build_plan(&model.path, spec, with_scores).map(|plan| Built {
@@ -183,10 +225,7 @@ impl Backbone {
 
     /// What identifies this backbone's embeddings: the file, and the arithmetic when it varies.
     pub fn embedding_id(&self) -> String {
-        match self.precision {
-            None | Some(Precision::F32) => self.sha256.clone(),
-            Some(p) => format!("{}+{p}.{}", self.sha256, tflite::arithmetic_revision(p)),
-        }
+        embedding_id(&self.sha256, self.precision)
     }
 
     /// The square side images are resized to before [`Backbone::embed`].

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use image::RgbImage;
 
-use crate::backbone::{cosine, top_k, Backbone};
-use crate::calibration::{board_id, cpu_name, Calibration, Choice, Measurement, FORMAT, VERSION};
+use crate::backbone::{self, cosine, top_k, Backbone};
+use crate::calibration::{
+    board_id, cpu_name, Calibration, Choice, Measurement, Unavailable, FORMAT, VERSION,
+};
 use crate::loader;
 use crate::models::{ModelFormat, Precision, ResolvedModel};
 use crate::{dataset, preprocess};
@@ -163,7 +165,16 @@ pub fn calibrate(
             .into_iter()
             .filter(|&p| p != Precision::REFERENCE),
     );
+    let mut unavailable = Vec::new();
     for precision in order {
+        // f16 exists only on CPUs with FP16 arithmetic; elsewhere it is noted, not measured.
+        if let Err(e) = backbone::check_precision(precision) {
+            unavailable.push(Unavailable {
+                precision,
+                reason: e.to_string(),
+            });
+            continue;
+        }
         let mut backbone = loader::backbone_in(model, precision, with_scores)?;
         if precision == Precision::Int8 {
             int8_f32_layers = backbone.f32_fallbacks().to_vec();
@@ -233,6 +244,7 @@ pub fn calibrate(
         min_top1_agreement: opts.min_top1_agreement,
         measurements,
         int8_f32_layers,
+        unavailable,
         choice,
     })
 }

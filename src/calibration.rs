@@ -37,6 +37,13 @@ pub struct Choice {
     pub threads: usize,
 }
 
+/// A precision `calibrate` did not measure because this CPU does not offer it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Unavailable {
+    pub precision: Precision,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Calibration {
     pub format: String,
@@ -55,6 +62,9 @@ pub struct Calibration {
     /// Operators the int8 graph runs in f32 (between a dequantize and a requantize).
     #[serde(default)]
     pub int8_f32_layers: Vec<String>,
+    /// Precisions not measured here (f16 without FP16 arithmetic), and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<Unavailable>,
     pub choice: Choice,
 }
 
@@ -167,6 +177,12 @@ impl Calibration {
                 "note: int8 runs {} operator(s) in f32 (dequantize, op, requantize): {}\n",
                 self.int8_f32_layers.len(),
                 self.int8_f32_layers.join(", ")
+            ));
+        }
+        for u in &self.unavailable {
+            s.push_str(&format!(
+                "note: {} not measured: {}\n",
+                u.precision, u.reason
             ));
         }
         s

@@ -36,7 +36,7 @@
 //! - [`novelty`]: how far an embedding is from the training data, and the `unknown` threshold.
 //! - [`confidence`]: temperature scaling, expected calibration error, reliability bins.
 //! - [`plots`] (feature `plots`): the reports' SVG pictures.
-//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32 or int8, with
+//! - [`tflite`]: reads a quantized TFLite MobileNet into a tract graph, in f32, int8 or f16, with
 //!   operators of our own where tract has no fast kernel.
 //! - [`preprocess`]: file or bytes → decoded, upright, resized RGB → model input tensor; the
 //!   preprocessing version heads and cache entries record.

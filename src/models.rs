@@ -84,15 +84,20 @@ pub enum Precision {
     /// LiteRT's own 8-bit arithmetic on 8-bit kernels of ours (the pooling in f32, see `tflite`):
     /// the reference the other precisions are measured against.
     Int8,
+    /// The dequantized float network (no per-layer 8-bit rounding) in half precision, on
+    /// tract's FP16 kernels: only offered where the CPU has FP16 arithmetic (ARMv8.2-A, e.g. a
+    /// Raspberry Pi 5's Cortex-A76); [`crate::backbone`] refuses it elsewhere.
+    F16,
 }
 
 impl Precision {
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Int8, Precision::F16];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+            Precision::F16 => "f16",
         }
     }
 
@@ -103,6 +108,9 @@ impl Precision {
                 "The file's integer arithmetic in f32 kernels (within 0.999 of LiteRT)"
             }
             Precision::Int8 => "LiteRT's 8-bit arithmetic on 8-bit kernels (the reference)",
+            Precision::F16 => {
+                "The dequantized network in half precision; only on CPUs with FP16 (ARMv8.2, Pi 5)"
+            }
         }
     }
 }
@@ -503,7 +511,7 @@ mod tests {
         for p in Precision::ALL {
             assert_eq!(p.as_str().parse::<Precision>(), Ok(p));
         }
-        assert!("f16".parse::<Precision>().is_err());
+        assert!("f64".parse::<Precision>().is_err());
     }
 
     #[test]

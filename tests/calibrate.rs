@@ -91,6 +91,14 @@ fn calibrate_writes_a_table_and_a_file_that_classify_follows() {
         table.contains("note: int8 runs 1 operator(s) in f32"),
         "{table}"
     );
+    // f16 without FP16 arithmetic (this x86 machine): noted, not measured.
+    if edge_mnv2::backbone::check_precision(edge_mnv2::models::Precision::F16).is_err() {
+        assert!(
+            table.contains("note: f16 not measured: precision f16 needs FP16 arithmetic"),
+            "{table}"
+        );
+        assert_eq!(v["unavailable"][0]["precision"], "f16", "{v}");
+    }
     let ms = v["measurements"].as_array().unwrap();
     assert_eq!(ms.len(), 2 * THREADS.split(',').count());
     for m in ms {

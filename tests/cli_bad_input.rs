@@ -274,3 +274,24 @@ fn onnx_model_without_the_onnx_feature() {
         "--features onnx",
     );
 }
+
+/// f16 on a CPU without FP16 arithmetic (x86, armv7, a Pi 4's Cortex-A72): one line saying what
+/// is missing and what to use instead, exit 1, no panic. Where the CPU has FP16 it classifies.
+#[test]
+fn f16_without_fp16_is_refused_in_one_line() {
+    let cat = bmp("cat");
+    let out = edge(&["classify", "--precision", "f16", cat.to_str().unwrap()]);
+    let err = stderr(&out);
+    if edge_mnv2::backbone::check_precision(edge_mnv2::models::Precision::F16).is_ok() {
+        assert!(out.status.success(), "{err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("edge-mnv2: error: "), "{err}");
+    for part in ["precision f16", "FP16", "does not have", "use f32 or int8"] {
+        assert!(lines[0].contains(part), "expected '{part}' in: {err}");
+    }
+}

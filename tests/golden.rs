@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use edge_mnv2::backbone::{cosine, Backbone};
+use edge_mnv2::backbone::{check_precision, cosine, embedding_id, Backbone, BackboneError};
 use edge_mnv2::models::Precision;
 use edge_mnv2::models::{self, Manifest};
 use edge_mnv2::preprocess;
@@ -23,6 +23,15 @@ fn backbone_in(name: &str, with_scores: bool, precision: Precision) -> Backbone 
     let resolved = models::resolve(&Manifest::builtin(), Some(path.to_str().unwrap())).unwrap();
     assert_eq!(resolved.spec.name, name);
     Backbone::load_with_precision(&resolved, with_scores, precision).unwrap()
+}
+
+/// The precisions this CPU runs: f16 only with FP16 arithmetic (each test that skips it checks
+/// the refusal instead, in `tflite_f16_matches_litert_or_is_refused`).
+fn offered() -> Vec<Precision> {
+    Precision::ALL
+        .into_iter()
+        .filter(|&p| check_precision(p).is_ok())
+        .collect()
 }
 
 fn frame(name: &str) -> image::RgbImage {
@@ -140,16 +149,42 @@ fn tflite_int8_matches_litert() {
     assert!(min_cosine(&b, LITERT) >= 0.9999);
 }
 
+// f16: the dequantized network in half precision (no 8-bit rounding between layers), so it is
+// held to the bar for a float variant, not to f32's: cosine >= 0.997 to LiteRT, and the
+// same top-1 (the classifier tests below). Where the CPU has no FP16 the load must be refused
+// with the error that says so.
 #[test]
-fn tflite_classifier_top1_in_both_precisions() {
-    for p in Precision::ALL {
+fn tflite_f16_matches_litert_or_is_refused() {
+    if check_precision(Precision::F16).is_ok() {
+        let b = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::F16);
+        assert!(min_cosine(&b, LITERT) >= 0.997);
+        return;
+    }
+    let resolved = models::resolve(
+        &Manifest::builtin(),
+        Some(
+            models_dir()
+                .join("mobilenet_v2_1.0_224_quant.tflite")
+                .to_str()
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    let err = Backbone::load_with_precision(&resolved, false, Precision::F16).unwrap_err();
+    eprintln!("f16 refused here: {err}");
+    assert!(matches!(err, BackboneError::NoFp16 { .. }), "{err}");
+}
+
+#[test]
+fn tflite_classifier_top1_in_every_precision() {
+    for p in offered() {
         assert_top1_in("mobilenet_v2_1.0_224_quant", 0, p);
     }
 }
 
 #[test]
-fn tf2_int8_tflite_classifier_top1_in_both_precisions() {
-    for p in Precision::ALL {
+fn tf2_int8_tflite_classifier_top1_in_every_precision() {
+    for p in offered() {
         assert_top1_in("tf2_mobilenet_v2_1.0_224_ptq", 0, p);
     }
 }
@@ -165,7 +200,7 @@ const CROSS_CHECK: &str = "EDGE_MNV2_CROSS_ARCH_CHECK";
 #[test]
 fn default_model_agrees_across_machines() {
     let mut ours = serde_json::Map::new();
-    for p in Precision::ALL {
+    for p in offered() {
         let b = backbone_in("mobilenet_v2_1.0_224_quant", true, p);
         for (img, expected) in EXPECTED_1001 {
             let out = b.run(&frame(img)).unwrap();
@@ -186,9 +221,23 @@ fn default_model_agrees_across_machines() {
             .unwrap_or_else(|e| panic!("{CROSS_CHECK}={}: {e}", path.to_string_lossy()));
         let theirs: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&text).unwrap();
-        assert_eq!(theirs.len(), ours.len());
+        // f16 runs only where the CPU has FP16: compared where both machines offer it.
+        let both_offer = |key: &str| !key.starts_with("f16/");
+        for map in [&ours, &theirs] {
+            assert!(
+                ours.keys()
+                    .chain(theirs.keys())
+                    .filter(|k| both_offer(k))
+                    .all(|k| map.contains_key(k.as_str())),
+                "{:?} vs {:?}",
+                ours.keys().collect::<Vec<_>>(),
+                theirs.keys().collect::<Vec<_>>()
+            );
+        }
         for (key, mine) in &ours {
-            let other = &theirs[key];
+            let Some(other) = theirs.get(key) else {
+                continue;
+            };
             let emb = |v: &serde_json::Value| -> Vec<f32> {
                 serde_json::from_value(v["embedding"].clone()).unwrap()
             };
@@ -216,4 +265,22 @@ fn precisions_never_share_embedding_cache_keys() {
         "{}",
         int8.embedding_id()
     );
+    // Every precision, offered here or not (a calibrated cache may come from another board).
+    let sha = f32.sha256();
+    let ids: Vec<String> = Precision::ALL
+        .into_iter()
+        .map(|p| embedding_id(sha, Some(p)))
+        .collect();
+    for (i, a) in ids.iter().enumerate() {
+        assert!(ids[i + 1..].iter().all(|b| a != b), "{ids:?}");
+    }
+    assert_eq!(f32.embedding_id(), embedding_id(sha, Some(Precision::F32)));
+    assert_eq!(
+        int8.embedding_id(),
+        embedding_id(sha, Some(Precision::Int8))
+    );
+    if check_precision(Precision::F16).is_ok() {
+        let f16 = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::F16);
+        assert_eq!(f16.embedding_id(), embedding_id(sha, Some(Precision::F16)));
+    }
 }

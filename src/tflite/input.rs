@@ -36,6 +36,13 @@ impl Builder<'_> {
                     .wire_node("input.f32", cast(DatumType::F32), &[src])?[0];
                 self.affine(x, "input.offset", 1.0, -(zp as f32))?
             }
+            // Real values; the whole graph becomes f16 afterwards (`float::to_half`).
+            Precision::F16 => {
+                let x = self
+                    .target
+                    .wire_node("input.f32", cast(DatumType::F32), &[src])?[0];
+                self.affine(x, "input.real", q.scale[0], -(zp as f32) * q.scale[0])?
+            }
         };
         self.wires.insert(i, wire);
         Ok((DatumType::U8, shape[1] as u32))

@@ -16,6 +16,10 @@
 //!   1×1 and depthwise convolutions and the ADD (`int8`); the first convolution, the pooling and
 //!   QUANTIZE run as in the f32 graph between conversions. Same outputs as the f32 graph, a
 //!   quarter of the memory traffic.
+//! - [`Precision::F16`]: not the integer arithmetic (its accumulators overflow f16) but the
+//!   dequantized network: real weights and activations, each layer clamped to its output's range
+//!   and activation without rounding to the 8-bit grid, on tract's own operators, converted to
+//!   f16 as a whole (`float`). Only worth running where the CPU has FP16 arithmetic.
 //!
 //! The graph is cut at the global pooling (the embedding) and at the input of the final SOFTMAX
 //! (the class logits; softmax is applied by the caller).
@@ -31,6 +35,7 @@
 
 mod conv;
 mod element_wise;
+mod float;
 mod input;
 mod int8;
 pub mod ops;
@@ -87,11 +92,13 @@ pub struct TfliteModel {
 
 /// Which arithmetic a precision's graph carries out, for cache keys: it changes whenever the
 /// numbers an embedding has change (f32 is still revision 1, keyed by the file alone; int8 became
-/// LiteRT's arithmetic on our kernels in revision 2).
+/// LiteRT's arithmetic on our kernels in revision 2; f16, the dequantized network in half
+/// precision, is at its first).
 pub fn arithmetic_revision(precision: Precision) -> u32 {
     match precision {
         Precision::F32 => 1,
         Precision::Int8 => 2,
+        Precision::F16 => 1,
     }
 }
 
@@ -213,6 +220,11 @@ impl<'a> Builder<'a> {
                         }
                     }
                 }
+                _ if self.precision == Precision::F16 => {
+                    let (wire, emb) = self.translate_real(&ctx, code)?;
+                    embedding = emb.or(embedding);
+                    wire
+                }
                 _ => {
                     let (wire, emb) = self.translate_f32(&ctx, code)?;
                     embedding = emb.or(embedding);
@@ -230,6 +242,12 @@ impl<'a> Builder<'a> {
         let mut outputs = vec![embedding];
         outputs.extend(logits);
         self.target.select_output_outlets(&outputs)?;
+        let (embedding, logits) = if self.precision == Precision::F16 {
+            let outputs = self.translate_to_f16(&outputs)?;
+            (outputs[0], outputs.get(1).copied())
+        } else {
+            (embedding, logits)
+        };
         Ok(TfliteModel {
             model: self.target,
             input_type,

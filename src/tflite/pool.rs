@@ -16,6 +16,22 @@ impl Builder<'_> {
         ctx: &OpCtx,
         code: BuiltinOperator,
     ) -> Result<(OutletId, OutletId), TfliteError> {
+        let (y, act) = self.mean_pool(ctx, code)?;
+        // The embedding is the 8-bit pooled tensor, as LiteRT's is, in real units.
+        let m = self.scale(ctx.inputs[0])? / self.scale(ctx.outputs[0])?;
+        let next = self.requantize_f32(ctx, y, &[m], act)?;
+        self.wires.insert(ctx.outputs[0], next);
+        let embedding = self.real(ctx.outputs[0], &format!("op{}.pool", ctx.index))?;
+        Ok((next, embedding))
+    }
+
+    /// The mean over the whole map, shaped as the output tensor, and the fused activation still
+    /// to apply.
+    pub(super) fn mean_pool(
+        &mut self,
+        ctx: &OpCtx,
+        code: BuiltinOperator,
+    ) -> Result<(OutletId, ActivationFunctionType), TfliteError> {
         let x_i = ctx.inputs[0];
         let shape = self.shape(x_i)?;
         if shape.len() != 4 {
@@ -73,11 +89,6 @@ impl Builder<'_> {
                 &[y],
             )?[0];
         }
-        // The embedding is the 8-bit pooled tensor, as LiteRT's is, in real units.
-        let m = self.scale(x_i)? / self.scale(ctx.outputs[0])?;
-        let next = self.requantize_f32(ctx, y, &[m], act)?;
-        self.wires.insert(ctx.outputs[0], next);
-        let embedding = self.real(ctx.outputs[0], &name)?;
-        Ok((next, embedding))
+        Ok((y, act))
     }
 }

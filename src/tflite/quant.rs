@@ -53,6 +53,8 @@ impl Builder<'_> {
                 let s = self.scale(i)?;
                 self.affine(w, &format!("{name}.real"), s, 0.0)
             }
+            // The real-valued graph's wires already are.
+            Precision::F16 => Ok(w),
             Precision::Int8 => {
                 let x = self.u8_to_offsets(i, w)?;
                 let s = self.scale(i)?;

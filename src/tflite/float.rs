@@ -1,0 +1,147 @@
+//! The f16 graph: the file's network dequantized to real values (weights `(q - zp) × scale`,
+//! activations clamped to each tensor's 8-bit range and fused activation, no per-layer rounding)
+//! on tract's own operators, then converted to half precision with tract's float translator.
+//!
+//! The f32 graph's integer offsets cannot be carried in f16: a layer's accumulator reaches
+//! millions, far past f16's 65504. Real values stay within a few units (ReLU6), where f16's
+//! 11-bit mantissa is enough for LiteRT agreement. Only tract operators are used, so the
+//! convolutions lower to tract's FP16 matrix kernels (`arm64fp16`) and its FP16 depthwise loop,
+//! and the range clamps fuse into the matrix products.
+
+use tract_core::floats::FloatPrecisionTranslator;
+use tract_core::model::translator::Translate;
+use tract_core::ops::cast::cast;
+use tract_core::ops::change_axes::wire_with_rank_broadcast;
+use tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_core::ops::math;
+use tract_ndarray::Dimension;
+use tract_tflite::internal::*;
+use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator, TensorType};
+
+use super::conv::{conv_options, ConvOptions};
+use super::{Builder, OpCtx, TfliteError};
+
+impl Builder<'_> {
+    /// One operator of the real-valued graph; also the embedding when it is the global pooling.
+    pub(super) fn translate_real(
+        &mut self,
+        ctx: &OpCtx,
+        code: BuiltinOperator,
+    ) -> Result<(OutletId, Option<OutletId>), TfliteError> {
+        Ok(match code {
+            BuiltinOperator::CONV_2D => (self.conv_real(ctx, false)?, None),
+            BuiltinOperator::DEPTHWISE_CONV_2D => (self.conv_real(ctx, true)?, None),
+            BuiltinOperator::ADD => (self.add_real(ctx)?, None),
+            BuiltinOperator::AVERAGE_POOL_2D | BuiltinOperator::MEAN => {
+                let (pooled, act) = self.mean_pool(ctx, code)?;
+                let y = self.clamp_real(ctx, pooled, act)?;
+                (y, Some(y))
+            }
+            BuiltinOperator::QUANTIZE => {
+                if self.tensor(ctx.outputs[0])?.type_() == TensorType::FLOAT32 {
+                    return Err(ctx.unsupported("dequantizing to float inside the graph"));
+                }
+                // A change of 8-bit grid leaves real values as they are, within the new range.
+                let x = self.wire(ctx, ctx.inputs[0])?;
+                (self.clamp_real(ctx, x, ActivationFunctionType::NONE)?, None)
+            }
+            _ => {
+                return Err(TfliteError::UnsupportedOp {
+                    index: ctx.index,
+                    op: ctx.name.clone(),
+                })
+            }
+        })
+    }
+
+    fn conv_real(&mut self, ctx: &OpCtx, depthwise: bool) -> Result<OutletId, TfliteError> {
+        let ConvOptions {
+            x_shape,
+            pool_spec,
+            act,
+            out_c,
+            ..
+        } = conv_options(self, ctx, depthwise)?;
+        let x = self.wire(ctx, ctx.inputs[0])?;
+        let kq = self
+            .quant(ctx.inputs[1])?
+            .ok_or_else(|| ctx.unsupported("weights are not quantized"))?;
+        let mut k = self.offsets_const(ctx, ctx.inputs[1])?;
+        for (at, v) in k.indexed_iter_mut() {
+            *v *= kq.at(at.slice().get(kq.axis).copied().unwrap_or(0)).0;
+        }
+        let xs = self.scale(ctx.inputs[0])?;
+        let bias: Vec<f32> = match ctx.inputs.get(2).copied().filter(|&b| b >= 0) {
+            Some(b_i) => self
+                .bias_in_accumulator_units(ctx, b_i, xs, &kq, out_c)?
+                .iter()
+                .enumerate()
+                .map(|(c, &v)| v * xs * kq.at(c).0)
+                .collect(),
+            None => vec![0.0; out_c],
+        };
+        let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
+        let kw = self.konst(format!("{name}.weights"), k.into_tensor())?;
+        let bw = self.konst(format!("{name}.bias"), tensor1(&bias))?;
+        let op = Conv {
+            pool_spec,
+            kernel_fmt: KernelFormat::OHWI,
+            group: if depthwise { x_shape[3] } else { 1 },
+            q_params: None,
+        };
+        let y = self.target.wire_node(&name, op, &[x, kw, bw])?[0];
+        self.clamp_real(ctx, y, act)
+    }
+
+    fn add_real(&mut self, ctx: &OpCtx) -> Result<OutletId, TfliteError> {
+        if ctx.inputs.len() != 2 {
+            return Err(ctx.unsupported("expected two inputs"));
+        }
+        let act = ctx
+            .flat
+            .builtin_options_as_add_options()
+            .map(|o| o.fused_activation_function())
+            .unwrap_or(ActivationFunctionType::NONE);
+        let a = self.wire(ctx, ctx.inputs[0])?;
+        let b = self.wire(ctx, ctx.inputs[1])?;
+        let name = self.unique(&format!("op{}.add", ctx.index));
+        let sum = wire_with_rank_broadcast(&name, &mut self.target, math::add(), &[a, b])?[0];
+        self.clamp_real(ctx, sum, act)
+    }
+
+    /// The output tensor's 8-bit range met with the fused activation, in real units: what LiteRT
+    /// clamps to, without its rounding to the grid. As `max` then `min` with scalars, the form
+    /// tract fuses into a matrix product's epilogue.
+    fn clamp_real(
+        &mut self,
+        ctx: &OpCtx,
+        x: OutletId,
+        act: ActivationFunctionType,
+    ) -> Result<OutletId, TfliteError> {
+        let (lo, hi) = self.output_range(ctx, act)?;
+        let s = self.scale(ctx.outputs[0])?;
+        let name = format!("op{}.clamp", ctx.index);
+        let x = self.scalar_step(x, &format!("{name}.lo"), math::max(), lo * s)?;
+        self.scalar_step(x, &format!("{name}.hi"), math::min(), hi * s)
+    }
+
+    /// The real-valued graph built so far (f32, u8 pixels in) in half precision, its `outputs`
+    /// cast back to f32 as every caller reads them. Returns the new output wires, in order.
+    pub(super) fn translate_to_f16(
+        &mut self,
+        outputs: &[OutletId],
+    ) -> Result<Vec<OutletId>, TfliteError> {
+        let mut model = std::mem::take(&mut self.target);
+        model.select_output_outlets(outputs)?;
+        let mut half = FloatPrecisionTranslator::new(DatumType::F32, DatumType::F16)
+            .translate_model(&model)?;
+        let mut f32_outputs = Vec::with_capacity(outputs.len());
+        for (i, &o) in half.output_outlets()?.to_vec().iter().enumerate() {
+            let name = half.unique_name(format!("output{i}.f32")).to_string();
+            f32_outputs.push(half.wire_node(name, cast(DatumType::F32), &[o])?[0]);
+        }
+        half.select_output_outlets(&f32_outputs)?;
+        self.target = half;
+        Ok(f32_outputs)
+    }
+}
