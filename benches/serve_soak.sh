@@ -37,10 +37,11 @@ start=$(date +%s.%N)
 "$bin" "${args[@]}" >"$work/lines.jsonl" 2>"$work/log" &
 pid=$!
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true; }
-rss_start="" rss_end="" rss_max=0
+rss_first="" rss_start="" rss_end="" rss_max=0
 while kill -0 "$pid" 2>/dev/null; do
   r="$(rss)"
   if [ -n "$r" ]; then
+    [ -z "$rss_first" ] && rss_first=$r
     # "start": the first sample once 100 frames are classified (backbone loaded, buffers warm).
     if [ -z "$rss_start" ] && [ "$(wc -l <"$work/lines.jsonl")" -ge 100 ]; then rss_start=$r; fi
     rss_end=$r
@@ -51,20 +52,36 @@ done
 wait "$pid"
 end=$(date +%s.%N)
 
-python3 - "$work/lines.jsonl" "$rss_start" "$rss_end" "$rss_max" "$start" "$end" <<'PY'
-import json, sys
-path, rss_start, rss_end, rss_max, t0, t1 = sys.argv[1:]
+python3 - "$work/lines.jsonl" "$work/log" "$rss_first" "$rss_start" "$rss_end" "$rss_max" "$start" "$end" <<'PY'
+import json, re, sys
+path, log, rss_first, rss_start, rss_end, rss_max, t0, t1 = sys.argv[1:]
 lines = [json.loads(l) for l in open(path)]
+if not lines:
+    sys.exit("no frame was classified; the service's log:\n" + open(log).read())
+# The service's own totals at exit ("stopped: N frames classified, D dropped, F failed; ..."):
+# every captured frame was classified, dropped (replaced in the slot), failed to decode, or was
+# still in the slot when the service stopped. The last line's `frame` is only the sequence number
+# of the last frame classified, and its `dropped` the count at that moment.
+m = re.search(r"stopped: (\d+) frames classified, (\d+) dropped, (\d+) failed", open(log).read())
+classified, dropped, failed = (int(g) for g in m.groups()) if m else (len(lines), lines[-1]["dropped"], 0)
 lat = sorted(l["latency_ms"] for l in lines)
 def pct(p):
     return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
 span = lines[-1]["ts"] - lines[0]["ts"]
-print(f"frames classified   {len(lines)}")
-print(f"frames captured     {lines[-1]['frame']}")
-print(f"frames dropped      {lines[-1]['dropped']}")
-print(f"throughput          {(len(lines) - 1) / span:.1f} frames/s (first to last result)")
+print(f"frames classified   {classified}")
+print(f"frames captured     {classified + dropped + failed} (+ at most one left in the slot at the stop)")
+print(f"frames dropped      {dropped}")
+print(f"frames failed       {failed}")
+if len(lines) > 1 and span > 0:
+    print(f"throughput          {(len(lines) - 1) / span:.1f} frames/s (first to last result)")
+else:
+    print("throughput          - (fewer than two results)")
 print(f"latency p50 / p99   {pct(50):.1f} / {pct(99):.1f} ms (capture to result)")
-print(f"RSS start / end     {int(rss_start) / 1024:.1f} / {int(rss_end) / 1024:.1f} MiB (max {int(rss_max) / 1024:.1f})")
+mib = lambda kb: f"{int(kb) / 1024:.1f}" if kb else "-"
+if rss_start:
+    print(f"RSS start / end     {mib(rss_start)} / {mib(rss_end)} MiB (max {mib(rss_max)}; start: after 100 frames)")
+else:
+    print(f"RSS first / end     {mib(rss_first)} / {mib(rss_end)} MiB (max {mib(rss_max)}; fewer than 100 frames, first sample)")
 print(f"wall time           {float(t1) - float(t0):.1f} s including backbone load")
 PY
 tail -n 1 "$work/log"

@@ -221,15 +221,7 @@ pub fn calibrate(
             measurements.push(m);
         }
     }
-    let best = measurements
-        .iter()
-        .filter(|m| m.within_budget)
-        .min_by(|a, b| a.median_ms.total_cmp(&b.median_ms))
-        .expect("f32 agrees with itself, so it is always within budget");
-    let choice = Choice {
-        precision: best.precision,
-        threads: best.threads,
-    };
+    let choice = choose(&measurements);
     Ok(Calibration {
         format: FORMAT.into(),
         version: VERSION,
@@ -247,4 +239,65 @@ pub fn calibrate(
         unavailable,
         choice,
     })
+}
+
+/// The fastest measurement within the agreement budget. The reference precision agrees with
+/// itself, so there is always one.
+fn choose(measurements: &[Measurement]) -> Choice {
+    let best = measurements
+        .iter()
+        .filter(|m| m.within_budget)
+        .min_by(|a, b| a.median_ms.total_cmp(&b.median_ms))
+        .expect("the reference agrees with itself, so it is always within budget");
+    Choice {
+        precision: best.precision,
+        threads: best.threads,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(precision: Precision, threads: usize, median_ms: f64, agreement: f64) -> Measurement {
+        Measurement {
+            precision,
+            threads,
+            median_ms,
+            p90_ms: median_ms,
+            cosine_min: 0.999,
+            cosine_mean: 0.999,
+            top1_agreement: agreement,
+            within_budget: agreement >= 0.99,
+        }
+    }
+
+    #[test]
+    fn the_fastest_setting_within_the_agreement_budget_is_chosen() {
+        // f32 on 2 threads is fastest but disagrees too often: int8 on 1 thread, the fastest of
+        // the rest.
+        let rows = [
+            m(Precision::Int8, 1, 10.0, 1.0),
+            m(Precision::Int8, 2, 12.0, 1.0),
+            m(Precision::F32, 1, 11.0, 0.99),
+            m(Precision::F32, 2, 5.0, 0.9),
+        ];
+        assert_eq!(
+            choose(&rows),
+            Choice {
+                precision: Precision::Int8,
+                threads: 1
+            }
+        );
+        // Within budget, the fastest wins whatever its precision.
+        let mut rows = rows;
+        rows[3].within_budget = true;
+        assert_eq!(
+            choose(&rows),
+            Choice {
+                precision: Precision::F32,
+                threads: 2
+            }
+        );
+    }
 }

@@ -293,5 +293,33 @@ mod tests {
         assert_eq!(keys.len(), 6);
         assert_eq!(Cache::key("m", "i", &four, 4), Cache::key("m", "i", &a, 1));
         assert_eq!(Cache::key("m", "i", &four, 0), Cache::key("m", "i", &a, 0));
+        // Each augmentation parameter is part of an augmented view's key; the plain view has none.
+        for params in [
+            AugmentParams {
+                flip: !a.params.flip,
+                ..a.params
+            },
+            AugmentParams {
+                rotate_deg: a.params.rotate_deg + 1.0,
+                ..a.params
+            },
+            AugmentParams {
+                zoom: a.params.zoom + 0.05,
+                ..a.params
+            },
+        ] {
+            let c = ViewSpec { params, ..a };
+            assert_ne!(Cache::key("m", "i", &a, 1), Cache::key("m", "i", &c, 1));
+            assert_eq!(Cache::key("m", "i", &a, 0), Cache::key("m", "i", &c, 0));
+        }
+        // Another embedding id (another model file, or int8 beside f32) and another image never
+        // share an entry, plain or augmented.
+        for v in 0..=1 {
+            assert_ne!(
+                Cache::key("m", "i", &a, v),
+                Cache::key("m:int8", "i", &a, v)
+            );
+            assert_ne!(Cache::key("m", "i", &a, v), Cache::key("m", "j", &a, v));
+        }
     }
 }

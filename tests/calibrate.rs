@@ -103,9 +103,23 @@ fn calibrate_writes_a_table_and_a_file_that_classify_follows() {
     assert_eq!(ms.len(), 2 * THREADS.split(',').count());
     for m in ms {
         assert!(m["median_ms"].as_f64().unwrap() > 0.0);
-        // int8 is LiteRT's arithmetic, f32 tracks it: all six top-1 agree.
+        assert_eq!(m["within_budget"], true, "{m}");
+        // int8 is LiteRT's arithmetic and the reference: identical to itself. f32 tracks it, with
+        // a few roundings a layer of difference (README: cosine 0.99878-0.99951 to LiteRT), and
+        // the same top-1 on all six golden frames.
+        let (cmin, cmean) = (
+            m["cosine_min"].as_f64().unwrap(),
+            m["cosine_mean"].as_f64().unwrap(),
+        );
         assert_eq!(m["top1_agreement"].as_f64().unwrap(), 1.0, "{m}");
-        assert!(m["cosine_min"].as_f64().unwrap() > 0.99, "{m}");
+        if m["precision"] == "int8" {
+            assert!(cmin > 0.9999995, "{m}");
+        } else {
+            assert!(
+                (0.998..0.9999).contains(&cmin) && cmin <= cmean && cmean < 0.9999,
+                "{m}"
+            );
+        }
     }
     let chosen = v["choice"]["precision"].as_str().unwrap().to_string();
     let fastest = ms

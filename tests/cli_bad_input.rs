@@ -144,6 +144,12 @@ fn embed_writes_atomically_and_reports_bad_images() {
     let d = tmp();
     let out_file = d.path().join("emb.jsonl");
     let missing = d.path().join("missing.png");
+    // A previous output with a second name (hard link): an atomic write renames a new file over
+    // the name, so the old file, still reachable by the link, keeps its bytes; writing in place
+    // would change them (and a crash mid-write would leave a torn file).
+    std::fs::write(&out_file, "previous\n").unwrap();
+    let link = d.path().join("previous.link");
+    std::fs::hard_link(&out_file, &link).unwrap();
     let out = edge(&[
         "embed",
         "--json",
@@ -157,6 +163,14 @@ fn embed_writes_atomically_and_reports_bad_images() {
     let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(line["embedding"].as_array().unwrap().len(), 1280);
     assert_eq!(text.lines().count(), 1);
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), "previous\n");
+    // No temporary file left behind.
+    let mut names: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["emb.jsonl", "previous.link"]);
 }
 
 #[test]

@@ -196,7 +196,9 @@ const CROSS_CHECK: &str = "EDGE_MNV2_CROSS_ARCH_CHECK";
 
 /// Both precisions of the default model on the six frames: each frame's embedding and top-1.
 /// Alone, it checks the expected top-1; with the variables above it also compares one machine's
-/// run with another's (acceptance of issue 6: same top-1 and embeddings at cosine >= 0.999).
+/// run with another's: the same top-1 and embeddings equal to six decimals of cosine (README,
+/// "Building for a Raspberry Pi"). Not bit for bit: tract's f32 kernels, and the int8 graph's
+/// f32 pooling, may add in another order on another architecture's SIMD.
 #[test]
 fn default_model_agrees_across_machines() {
     let mut ours = serde_json::Map::new();
@@ -241,13 +243,20 @@ fn default_model_agrees_across_machines() {
             let emb = |v: &serde_json::Value| -> Vec<f32> {
                 serde_json::from_value(v["embedding"].clone()).unwrap()
             };
-            let c = cosine(&emb(mine), &emb(other));
+            let (a, b) = (emb(mine), emb(other));
+            let c = cosine(&a, &b);
+            let max_diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             eprintln!(
-                "{key}: top-1 {} here, {} there; cosine {c:.6}",
+                "{key}: top-1 {} here, {} there; cosine {c:.9}, largest difference {max_diff:e}",
                 mine["top1"], other["top1"]
             );
             assert_eq!(mine["top1"], other["top1"], "{key}");
-            assert!(c >= 0.999, "{key}: cosine {c}");
+            // 1.000000 when printed to six decimals, as the README reports.
+            assert!(c >= 0.9999995, "{key}: cosine {c}");
         }
     }
 }

@@ -31,6 +31,8 @@ enum Reply {
     Status(&'static str),
     /// Close the connection without answering.
     HangUp,
+    /// 200 with the ../shared/models file the path's last segment names.
+    SharedFile,
 }
 
 struct Server {
@@ -112,7 +114,7 @@ fn answer(
     } else {
         model
     };
-    log.lock().unwrap().push(path);
+    log.lock().unwrap().push(path.clone());
     let mut stream = stream;
     let head = |status: &str, len: usize| {
         format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
@@ -132,6 +134,12 @@ fn answer(
             stream.write_all(body)?;
         }
         Reply::HangUp => {}
+        Reply::SharedFile => {
+            let name = path.rsplit('/').next().unwrap_or("");
+            let body = model_bytes(name);
+            stream.write_all(head("200 OK", body.len()).as_bytes())?;
+            stream.write_all(&body)?;
+        }
     }
     stream.flush()?;
     stream.shutdown(std::net::Shutdown::Both)
@@ -429,4 +437,39 @@ fn refusals_before_any_download() {
         stderr(&out)
     );
     assert_eq!(files_under(&s.cache), Vec::<PathBuf>::new());
+}
+
+/// `--all`: every manifest entry with a URL and a pinned checksum (the two `.tflite` files, and
+/// the label file the default names), each verified and stored; a second run downloads nothing.
+#[test]
+fn all_fetches_every_pinned_entry_once() {
+    const TF2: &str = "tf2_mobilenet_v2_1.0_224_ptq.tflite";
+    let server = Server::start(Reply::SharedFile);
+    let s = scratch();
+    let base = format!("{}/mirror/", server.base);
+    let env = [("EDGE_MNV2_MODEL_BASE_URL", base.as_str())];
+    let out = fetch_cmd(&s, &["models", "fetch", "--all"], &env);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let mut requests = server.requests();
+    requests.sort();
+    assert_eq!(
+        requests,
+        [format!("/mirror/{FILE}"), format!("/mirror/{TF2}")]
+    );
+    assert_eq!(server.label_requests(), [format!("/mirror/{LABELS}")]);
+    assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
+    assert_eq!(
+        sha256_hex(&s.cache.join(TF2)),
+        sha256_hex(&models_dir().join(TF2))
+    );
+    assert!(s.cache.join(LABELS).is_file());
+
+    let again = fetch_cmd(&s, &["models", "fetch", "--all"], &env);
+    assert_eq!(again.status.code(), Some(0), "stderr: {}", stderr(&again));
+    assert_eq!(
+        server.all_requests().len(),
+        3,
+        "{:?}",
+        server.all_requests()
+    );
 }

@@ -26,7 +26,7 @@ use anyhow::Context;
 
 use crate::backbone::Backbone;
 use crate::head::HeadFile;
-use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
+use crate::source::{CameraSettings, FrameSource, Pacer, SourceError, SourceSpec};
 
 pub mod auth;
 mod config;
@@ -51,6 +51,32 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often blocked threads look at the stop flag; bounds the shutdown time.
 const POLL: Duration = Duration::from_millis(100);
 
+/// The waits between attempts to reopen a failed source: 0.5 s, doubling up to 30 s, and back to
+/// 0.5 s once a source has delivered a frame.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_START,
+        }
+    }
+
+    /// The wait before the next attempt; the one after it is twice as long, up to the maximum.
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_START;
+    }
+}
+
 /// Sleeps `d` in short steps, returning early (false) when the service stops.
 fn sleep_unless_stopped(svc: &Service, d: Duration) -> bool {
     let end = Instant::now() + d;
@@ -67,16 +93,34 @@ fn sleep_unless_stopped(svc: &Service, d: Duration) -> bool {
 /// The capture thread: opens the source (reopening with exponential backoff after any failure)
 /// and feeds the slot.
 pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fps: Option<f64>) {
-    let mut backoff = BACKOFF_START;
+    capture_loop_with(
+        svc,
+        || spec.open(camera, true),
+        fps,
+        |wait| {
+            sleep_unless_stopped(svc, wait);
+        },
+    );
+}
+
+/// [`capture_loop`] with its two dependencies on the world passed in: how a source is opened, and
+/// how the wait before reopening one is spent (a test opens fake sources and only records waits).
+fn capture_loop_with(
+    svc: &Service,
+    mut open: impl FnMut() -> Result<Box<dyn FrameSource>, SourceError>,
+    fps: Option<f64>,
+    mut wait_before_reopening: impl FnMut(Duration),
+) {
+    let mut backoff = Backoff::new();
     let mut seq = 0u64;
     while !svc.stopping() {
-        let mut source = match spec.open(camera, true) {
+        let mut source = match open() {
             Ok(s) => s,
             Err(e) => {
-                log::error!("cannot open source: {e}; retrying in {backoff:?}");
+                let wait = backoff.next_wait();
+                log::error!("cannot open source: {e}; retrying in {wait:?}");
                 svc.source_down(e.to_string());
-                sleep_unless_stopped(svc, backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait_before_reopening(wait);
                 continue;
             }
         };
@@ -104,7 +148,7 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
                     svc.frame_captured(replaced);
                     if !delivered {
                         delivered = true;
-                        backoff = BACKOFF_START;
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
@@ -112,11 +156,11 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
                         SourceError::End(name) => format!("{name}: ended"),
                         other => other.to_string(),
                     };
-                    log::error!("source failed: {e}; reopening in {backoff:?}");
+                    let wait = backoff.next_wait();
+                    log::error!("source failed: {e}; reopening in {wait:?}");
                     svc.source_down(e);
                     drop(source);
-                    sleep_unless_stopped(svc, backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    wait_before_reopening(wait);
                     break;
                 }
             }
@@ -297,5 +341,147 @@ pub fn run(
 fn notify(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
         log::warn!("sd_notify: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::source::{FramePixels, RawFrame};
+
+    /// A camera that delivers `frames` frames, then stalls: what the V4L2 source reports when no
+    /// frame comes within its timeout (src/source/v4l2.rs).
+    struct FakeCamera {
+        frames: usize,
+    }
+
+    impl FrameSource for FakeCamera {
+        fn next_frame(&mut self) -> Result<RawFrame, SourceError> {
+            if self.frames == 0 {
+                return Err(SourceError::Read {
+                    source_name: "/dev/video7".into(),
+                    reason: "no frame within 1s (camera stalled or unplugged)".into(),
+                });
+            }
+            self.frames -= 1;
+            Ok(RawFrame {
+                pixels: FramePixels::Encoded(vec![0xff, 0xd8]),
+                name: "/dev/video7#1".into(),
+                captured: Instant::now(),
+            })
+        }
+        fn describe(&self) -> String {
+            "/dev/video7 (fake)".into()
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+    }
+
+    /// A service around the default model and an untrained two-class head (the capture loop
+    /// never classifies; it needs the service for its slot, counters and health).
+    fn service() -> Service {
+        let backbone =
+            crate::loader::backbone(&crate::loader::BackboneChoice::default(), false).unwrap();
+        let head = crate::head::Head {
+            backbone: crate::classifier::backbone_ref(&backbone),
+            classes: vec!["a".into(), "b".into()],
+            mean: vec![0.0; crate::backbone::EMBEDDING_DIM],
+            std: vec![1.0; crate::backbone::EMBEDDING_DIM],
+            weights: vec![0.0; crate::backbone::EMBEDDING_DIM * 2],
+            bias: vec![0.0; 2],
+            config: Default::default(),
+        };
+        let opts = ServeOptions {
+            head: "head.json".into(),
+            source: SourceSpec::Camera("/dev/video7".into()),
+            camera: CameraSettings::default(),
+            fps: None,
+            threshold: 0.0,
+            max_frames: None,
+            listen: None,
+        };
+        let file = HeadFile {
+            head,
+            path: "head.json".into(),
+            sha256: "0".repeat(64),
+        };
+        Service::new(backbone, file, &opts)
+    }
+
+    /// Stalls and failed opens are reopened after 0.5 s, 1 s, 2 s, ... up to 30 s, with the
+    /// service degraded meanwhile; a source that delivers resets the wait to 0.5 s. The waits are
+    /// recorded, not slept.
+    #[test]
+    fn stalls_and_failed_opens_are_reopened_with_backoff() {
+        let svc = service();
+        // What each open gives: Err = the device cannot be opened, Ok(n) = a camera that delivers
+        // n frames and then stalls.
+        let script: Vec<Result<usize, &str>> = vec![
+            Err("no such device"),
+            Err("no such device"),
+            Ok(2),
+            Err("busy"),
+            Ok(0),
+            Err("busy"),
+            Err("busy"),
+            Err("busy"),
+            Err("busy"),
+            Err("busy"),
+            Err("busy"),
+        ];
+        let script = Mutex::new(VecDeque::from(script));
+        let health = Mutex::new(Vec::new());
+        let waits = Mutex::new(Vec::new());
+        capture_loop_with(
+            &svc,
+            || {
+                let next = script.lock().unwrap().pop_front();
+                if script.lock().unwrap().is_empty() {
+                    svc.stop.store(true, Ordering::SeqCst);
+                }
+                match next.expect("not called after the stop") {
+                    Ok(frames) => Ok(Box::new(FakeCamera { frames }) as Box<dyn FrameSource>),
+                    Err(reason) => Err(SourceError::Open {
+                        source_name: "/dev/video7".into(),
+                        reason: reason.into(),
+                    }),
+                }
+            },
+            None,
+            |wait| {
+                waits.lock().unwrap().push(wait.as_secs_f64());
+                health.lock().unwrap().push(svc.health());
+            },
+        );
+        assert_eq!(
+            *waits.lock().unwrap(),
+            [0.5, 1.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+        );
+        let health = health.lock().unwrap();
+        assert!(health.iter().all(|h| !h.healthy && h.status == "degraded"));
+        assert_eq!(
+            health[2].reason.as_deref(),
+            Some("/dev/video7: no frame within 1s (camera stalled or unplugged)")
+        );
+        assert_eq!(
+            health[0].reason.as_deref(),
+            Some("/dev/video7: no such device")
+        );
+        // The two frames the first camera gave reached the slot.
+        assert_eq!(svc.slot.take(Duration::ZERO).map(|c| c.seq), Some(2));
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_thirty_and_resets() {
+        let mut b = Backoff::new();
+        let waits: Vec<f64> = (0..9).map(|_| b.next_wait().as_secs_f64()).collect();
+        assert_eq!(waits, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(500));
+        assert_eq!(b.next_wait(), Duration::from_secs(1));
     }
 }

@@ -135,16 +135,23 @@ impl V4l2Source {
     }
 }
 
+/// What a failed dequeue means: the stream's poll gives up after [`FRAME_TIMEOUT`] without a
+/// frame (a stalled or unplugged camera), or the driver said why.
+fn read_error(path: &Path, e: &std::io::Error) -> SourceError {
+    SourceError::Read {
+        source_name: path.display().to_string(),
+        reason: if e.kind() == ErrorKind::TimedOut {
+            format!("no frame within {FRAME_TIMEOUT:?} (camera stalled or unplugged)")
+        } else {
+            open_reason(e)
+        },
+    }
+}
+
 impl FrameSource for V4l2Source {
     fn next_frame(&mut self) -> Result<RawFrame, SourceError> {
-        let (buf, meta) = self.stream.next().map_err(|e| SourceError::Read {
-            source_name: self.path.display().to_string(),
-            reason: if e.kind() == ErrorKind::TimedOut {
-                format!("no frame within {FRAME_TIMEOUT:?} (camera stalled or unplugged)")
-            } else {
-                open_reason(&e)
-            },
-        })?;
+        let path = &self.path;
+        let (buf, meta) = self.stream.next().map_err(|e| read_error(path, &e))?;
         let used = (meta.bytesused as usize).min(buf.len());
         let data = buf[..used].to_vec();
         self.sequence += 1;
@@ -194,6 +201,19 @@ mod tests {
         assert!(matches!(e, SourceError::Open { .. }));
         assert!(text.starts_with("/dev/video99: "), "{text}");
         assert!(text.contains("no such device"), "{text}");
+    }
+
+    #[test]
+    fn a_stalled_stream_is_a_read_error_saying_so() {
+        let stalled = read_error(
+            Path::new("/dev/video0"),
+            &std::io::Error::from(ErrorKind::TimedOut),
+        );
+        assert!(matches!(stalled, SourceError::Read { .. }));
+        assert_eq!(
+            stalled.to_string(),
+            "/dev/video0: no frame within 1s (camera stalled or unplugged)"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Paths to the shared read-only models and datasets beside the checkout, and small helpers.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// `../shared` next to the checkout. Tests need it and fail (not skip) without it: a test that
 /// silently passes on a machine without the data would prove nothing.
@@ -29,7 +30,7 @@ pub const GOLDEN_IMAGES: [&str; 6] = [
     "sunflower",
 ];
 
-pub fn read_f32s(path: &std::path::Path) -> Vec<f32> {
+pub fn read_f32s(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     bytes
         .chunks_exact(4)
@@ -39,15 +40,45 @@ pub fn read_f32s(path: &std::path::Path) -> Vec<f32> {
 
 /// Runs the edge-mnv2 binary with the shared models directory as the model search path.
 pub fn edge(args: &[&str]) -> Output {
-    edge_in(args, &std::env::temp_dir())
+    edge_command()
+        .args(args)
+        .output()
+        .expect("running edge-mnv2")
 }
 
-/// The binary as a command. Under cross-testing the tests themselves run in qemu-user, which
-/// cannot exec a foreign binary by itself: `EDGE_MNV2_TEST_RUNNER` (set by .ci/cross-env.sh)
-/// names the emulator to run it with.
+/// An empty directory of this test binary's own, deleted with it: the working directory and the
+/// caches of every command the tests run (see [`edge_command`]).
+pub fn isolated_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::Builder::new()
+            .prefix("edge-mnv2-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        std::fs::create_dir(d.path().join("cwd")).expect("creating cwd");
+        d
+    })
+    .path()
+}
+
+/// The binary as a command, isolated from the machine it runs on: nothing the tests did not put
+/// there can change what it does.
+/// - The working directory is an empty directory, so the default calibration file
+///   (`calibration/<board>.json`, relative to it) does not exist: no calibration unless a test
+///   sets `EDGE_MNV2_CALIBRATION` (a `calibrate` run at the repository root, where it writes by
+///   default, would otherwise change the precision every test uses). The relative model
+///   directories (`./models`, `../shared/models`) are not there either.
+/// - Models come from `$EDGE_MNV2_MODELS` = ../shared/models; the model cache (searched last) and
+///   the embedding cache are directories of this test binary's own, not the user's.
+/// - No log filter, proxy, mirror, journald or systemd variable leaks in from the caller.
+///
+/// A test may still override any of these (`.env(...)` / `.current_dir(...)` after this).
+///
+/// Under cross-testing the tests themselves run in qemu-user, which cannot exec a foreign binary
+/// by itself: `EDGE_MNV2_TEST_RUNNER` (set by .ci/cross-env.sh) names the emulator to run it with.
 pub fn edge_command() -> Command {
     let bin = env!("CARGO_BIN_EXE_edge-mnv2");
-    match std::env::var("EDGE_MNV2_TEST_RUNNER")
+    let mut cmd = match std::env::var("EDGE_MNV2_TEST_RUNNER")
         .ok()
         .filter(|r| !r.trim().is_empty())
     {
@@ -58,15 +89,36 @@ pub fn edge_command() -> Command {
             cmd
         }
         None => Command::new(bin),
+    };
+    let iso = isolated_dir();
+    cmd.current_dir(iso.join("cwd"))
+        .env("EDGE_MNV2_MODELS", models_dir())
+        .env("EDGE_MNV2_CACHE", iso.join("embeddings"))
+        .env("EDGE_MNV2_MODEL_CACHE", iso.join("model-cache"));
+    for var in [
+        "EDGE_MNV2_CALIBRATION",
+        "EDGE_MNV2_MODEL_BASE_URL",
+        "RUST_LOG",
+        "JOURNAL_STREAM",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
     }
+    cmd
 }
 
-pub fn edge_in(args: &[&str], cwd: &std::path::Path) -> Output {
+pub fn edge_in(args: &[&str], cwd: &Path) -> Output {
     edge_command()
         .args(args)
         .current_dir(cwd)
-        .env("EDGE_MNV2_MODELS", models_dir())
-        .env_remove("RUST_LOG")
         .output()
         .expect("running edge-mnv2")
 }
@@ -77,4 +129,62 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `DATA/<class>/<image>` with the first `n` images (sorted by name) of each hymenoptera/train
+/// class, copied into `dir`: a data set small enough to embed in a few seconds.
+pub fn small_hymenoptera(dir: &Path, n: usize) -> PathBuf {
+    let data = dir.join("data");
+    for class in ["ants", "bees"] {
+        let src = shared().join("datasets/hymenoptera/train").join(class);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for f in &files[..n] {
+            std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    data
+}
+
+/// The nth image (sorted by name) of a hymenoptera/train class, beyond those `small_hymenoptera`
+/// takes when `nth >= n`.
+pub fn hymenoptera_train_image(class: &str, nth: usize) -> PathBuf {
+    let src = shared().join("datasets/hymenoptera/train").join(class);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files[nth].clone()
+}
+
+/// A calibration file at `path` for the default model choosing `precision` on one thread.
+pub fn write_calibration(path: &Path, precision: edge_mnv2::models::Precision) {
+    use sha2::Digest;
+    let model = models_dir().join("mobilenet_v2_1.0_224_quant.tflite");
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&model).unwrap()));
+    let cal = edge_mnv2::calibration::Calibration {
+        format: edge_mnv2::calibration::FORMAT.into(),
+        version: edge_mnv2::calibration::VERSION,
+        board: "test-board".into(),
+        arch: std::env::consts::ARCH.into(),
+        cpu: "test".into(),
+        cores: 1,
+        model: "mobilenet_v2_1.0_224_quant".into(),
+        model_sha256: sha,
+        images: 6,
+        runs: 2,
+        min_top1_agreement: 0.99,
+        measurements: Vec::new(),
+        int8_f32_layers: Vec::new(),
+        choice: edge_mnv2::calibration::Choice {
+            precision,
+            threads: 1,
+        },
+    };
+    cal.save(path).unwrap();
 }
