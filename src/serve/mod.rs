@@ -7,9 +7,13 @@
 //! - `prometheus`: the counters and their `/metrics` text.
 //! - `config`: the TOML config file ([`ServeConfig`]).
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it).
+//! - `rollout`: head installs from bytes, rollbacks, and the signed commands that ask for them.
+//! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
+//! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
+//! - `push`: `push-head`'s side: signed commands per board over a transport.
 //!
-//! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `service` → `slot`, `prometheus`.
+//! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http`,
+//! `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`, `prometheus`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -28,9 +32,14 @@ use crate::source::{CameraSettings, Pacer, SourceError, SourceSpec};
 mod config;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 mod prometheus;
+pub mod push;
+pub mod rollout;
 mod service;
 mod slot;
+pub mod topics;
 
 pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
@@ -118,9 +127,14 @@ pub fn capture_loop(svc: &Service, spec: &SourceSpec, camera: CameraSettings, fp
     }
 }
 
-/// The inference thread: classifies the newest frame, prints it as a JSON line, and stops the
-/// service after `max_frames`.
-pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Write) {
+/// The inference thread: classifies the newest frame, prints it as a JSON line, hands it to
+/// `also` (the MQTT queue, which never blocks), and stops the service after `max_frames`.
+pub fn inference_loop(
+    svc: &Service,
+    max_frames: Option<u64>,
+    out: &mut dyn Write,
+    also: &dyn Fn(&FrameResult),
+) {
     let mut out_ok = true;
     while !svc.stopping() {
         svc.record_heartbeat();
@@ -140,6 +154,7 @@ pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Writ
                         out_ok = false;
                     }
                 }
+                also(&result);
                 if max_frames.is_some_and(|m| svc.classified() >= m) {
                     log::info!("classified {} frames: stopping", svc.classified());
                     svc.stop.store(true, Ordering::SeqCst);
@@ -209,13 +224,36 @@ pub fn run(
                 .context("starting the capture thread")?,
         );
     }
+    #[cfg(feature = "mqtt")]
+    let publisher = match &opts.mqtt {
+        Some(settings) => {
+            let (publisher, handles) = mqtt::start(svc.clone(), settings.clone())?;
+            threads.extend(handles);
+            Some(publisher)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "mqtt"))]
+    if opts.mqtt.is_some() {
+        anyhow::bail!("--mqtt: this edge-mnv2 was built without the `mqtt` feature");
+    }
     {
         let svc = svc.clone();
         let max_frames = opts.max_frames;
+        #[cfg(feature = "mqtt")]
+        let also = move |r: &FrameResult| {
+            if let Some(p) = &publisher {
+                p.offer(r);
+            }
+        };
+        #[cfg(not(feature = "mqtt"))]
+        let also = |_: &FrameResult| {};
         threads.push(
             std::thread::Builder::new()
                 .name("inference".into())
-                .spawn(move || inference_loop(&svc, max_frames, &mut std::io::stdout().lock()))
+                .spawn(move || {
+                    inference_loop(&svc, max_frames, &mut std::io::stdout().lock(), &also)
+                })
                 .context("starting the inference thread")?,
         );
     }
