@@ -126,9 +126,12 @@ impl Drop for Broker {
     }
 }
 
-/// Every message on `#` (topic, payload, retained), re-subscribing after a reconnect.
+/// (topic, payload, retained)
+type Message = (String, Vec<u8>, bool);
+
+/// Every message on `#`, re-subscribing after a reconnect.
 struct Subscriber {
-    messages: Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>,
+    messages: Arc<Mutex<Vec<Message>>>,
 }
 
 impl Subscriber {

@@ -11,9 +11,10 @@
 //! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
 //! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
 //! - `push`: `push-head`'s side: signed commands per board over a transport.
+//! - `token`: the board's secret, the key of the commands' HMAC.
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http`,
-//! `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`, `prometheus`.
+//! `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`, `prometheus`, `token`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -39,6 +40,7 @@ pub mod push;
 pub mod rollout;
 mod service;
 mod slot;
+mod token;
 pub mod topics;
 
 pub use config::ServeConfig;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -22,6 +22,7 @@ use thiserror::Error;
 use super::service::Service;
 pub use super::service::{Action, RolloutStatus};
 use super::slot::lock;
+pub use super::token::Token;
 use crate::fsutil;
 use crate::head::head_file_path;
 use crate::loader;
@@ -217,30 +218,6 @@ pub struct HeadAnswer {
     pub sha256: String,
 }
 
-/// The board's shared secret, from its token file.
-#[derive(Clone)]
-pub struct Token(Vec<u8>);
-
-impl Token {
-    /// Reads a token file: its content, surrounding whitespace trimmed, at least 16 bytes.
-    pub fn load(path: &Path) -> anyhow::Result<Token> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read the token file: {e}", path.display()))?;
-        let token = text.trim();
-        if token.len() < 16 {
-            anyhow::bail!(
-                "{}: the token is shorter than 16 characters (make one with `head -c 32 /dev/urandom | base64`)",
-                path.display()
-            );
-        }
-        Ok(Token(token.as_bytes().to_vec()))
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
-    }
-}
-
 /// `<hex HMAC>\n<JSON body>`: what goes on the wire.
 #[derive(Debug, Clone)]
 pub struct SignedCommand(pub Vec<u8>);
@@ -396,7 +373,7 @@ mod tests {
     use super::*;
 
     fn token() -> Token {
-        Token(b"0123456789abcdef-board-token".to_vec())
+        Token::from_bytes(b"0123456789abcdef-board-token")
     }
 
     fn command(board: &str, id: &str) -> HeadCommand {
@@ -420,8 +397,10 @@ mod tests {
         assert!(replay.contains("replay"), "{replay}");
         let other_board = SignedCommand::sign(&token(), &command("b", "2"));
         assert!(gate.open(&other_board.0).is_err());
-        let wrong_key =
-            SignedCommand::sign(&Token(b"another-token-of-16+".to_vec()), &command("a", "3"));
+        let wrong_key = SignedCommand::sign(
+            &Token::from_bytes(b"another-token-of-16+"),
+            &command("a", "3"),
+        );
         let e = gate.open(&wrong_key.0).unwrap_err().to_string();
         assert!(e.contains("bad HMAC"), "{e}");
         let mut tampered = SignedCommand::sign(&token(), &command("a", "4")).0;
