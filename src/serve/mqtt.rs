@@ -172,7 +172,8 @@ pub fn start(
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, connection) = Client::new(o, 16);
+    // Room for a full queue's flush at stop plus the announcements and the goodbye.
+    let (client, connection) = Client::new(o, 2 * QUEUE);
     let publisher = Arc::new(Publisher {
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
@@ -396,6 +397,13 @@ impl Events<'_> {
         // A clean goodbye: `offline` (the will is only for deaths) and a disconnect, sent by
         // polling the connection a little longer.
         if lock(&self.publisher.queue).connected {
+            // Results still queued (a bounded run's last frames) go out before `offline`.
+            let pending: Vec<Vec<u8>> = lock(&self.publisher.queue).items.drain(..).collect();
+            for item in pending {
+                let _ = self
+                    .client
+                    .try_publish(self.topics.state(), QoS::AtMostOnce, false, item);
+            }
             let _ = self.client.try_publish(
                 self.topics.availability(),
                 QoS::AtLeastOnce,
