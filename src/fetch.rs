@@ -337,6 +337,47 @@ fn fetch_item(
     })
 }
 
+/// GETs `url` (https, or http on loopback) into memory, refusing bodies over `limit` bytes: for
+/// small files a caller verifies itself (a head delivered by URL and sha256).
+pub fn fetch_bytes(url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+    check_url(url)?;
+    let response = agent()
+        .get(url)
+        .call()
+        .map_err(|e| FetchError::Connection {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    check_url(&response.get_uri().to_string()).map_err(|_| FetchError::InsecureUrl {
+        url: url.to_string(),
+        reason: format!("a redirect to {}", response.get_uri()),
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: status.as_u16().to_string(),
+        });
+    }
+    let mut bytes = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FetchError::Connection {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))

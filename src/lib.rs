@@ -10,7 +10,9 @@
 //!
 //! The service:
 //! - [`serve`]: the classification service: frame slot, capture and inference loops, typed
-//!   results, Prometheus text, the config file, the API token, and the HTTP API (feature `http`).
+//!   results, Prometheus text, the config file, the API token, the HTTP API (feature `http`), MQTT
+//!   publishing and Home Assistant discovery (feature `mqtt`), and head rollout (install, rollback,
+//!   signed commands, `push-head`'s sending side).
 //!
 //! Jobs:
 //! - [`finetune`]: the `finetune` / `evaluate` jobs and their reports.

@@ -10,7 +10,7 @@ use clap::Parser;
 mod cli;
 
 use cli::args::{Cli, Command};
-use cli::{calibrate, errors, images, models, serve, train};
+use cli::{calibrate, errors, images, models, push, serve, train};
 
 /// glibc grows its mmap threshold as large blocks are freed, after which every worker's
 /// multi-megabyte activation and image buffers stay in its heap arena: peak RSS was 155 MB
@@ -48,6 +48,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Models(args) => models::run(&args),
         Command::Serve(args) => serve::serve(args),
         Command::Capture(args) => serve::capture(args),
+        Command::PushHead(args) => push::push_head(&args),
     }
 }
 

@@ -158,6 +158,9 @@ fn heads_of_the_previous_preprocessing_still_run() {
             weights: vec![0.0; 2 * d],
             bias: vec![0.0; 2],
             config: TrainConfig::default(),
+            temperature: 1.0,
+            views: Default::default(),
+            novelty: None,
         }
     };
     for accepted in preprocess::PREPROCESS_ACCEPTED {

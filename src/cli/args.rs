@@ -117,6 +117,8 @@ pub enum Command {
     Capture(CaptureArgs),
     /// List the known models (default), or fetch one: `models list`, `models fetch [NAME]`
     Models(ModelsArgs),
+    /// Install a head on running `serve`s (or roll back) through their MQTT broker, signed
+    PushHead(PushHeadArgs),
 }
 
 #[derive(Args)]
@@ -354,8 +356,8 @@ pub struct ServeArgs {
     /// No HTTP server: JSON lines on stdout only
     #[arg(long)]
     pub no_http: bool,
-    /// File holding the API token that POST endpoints require (`Authorization: Bearer TOKEN`);
-    /// needed to listen beyond loopback
+    /// File holding the board's token: POST endpoints require it (`Authorization: Bearer TOKEN`;
+    /// needed to listen beyond loopback), and it keys the HMAC of MQTT head rollout commands
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Listen beyond loopback without a token: anyone who reaches the port may classify and reload
@@ -372,6 +374,57 @@ pub struct ServeArgs {
     /// Stop after this many classified frames (bounded runs, tests)
     #[arg(long, value_name = "N")]
     pub frames: Option<u64>,
+    /// Publish results to an MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// This board's name in MQTT topics and Home Assistant [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
+}
+
+#[derive(Args)]
+pub struct PushHeadArgs {
+    /// The head to install: head.json, or the directory finetune wrote it to
+    #[arg(long, value_name = "DIR|FILE", required_unless_present_any = ["head_url", "rollback"], conflicts_with_all = ["head_url", "rollback"])]
+    pub head: Option<PathBuf>,
+    /// Instead of sending the file: an https:// URL the boards fetch it from (with --sha256)
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "sha256",
+        conflicts_with = "rollback"
+    )]
+    pub head_url: Option<String>,
+    /// The sha256 of the file at --head-url
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Put each board's previous head back instead
+    #[arg(long)]
+    pub rollback: bool,
+    /// The boards' shared secret (the file their `serve --token-file` reads)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// The MQTT broker the boards use: mqtt://HOST:PORT or mqtts://HOST:PORT
+    #[arg(long, value_name = "URL")]
+    pub broker: String,
+    /// Board names, comma-separated
+    #[arg(long, value_name = "A,B", value_delimiter = ',', required = true)]
+    pub boards: Vec<String>,
+    /// Broker user name
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+    /// A file holding the broker password
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates for mqtts://
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Topic prefix the boards use
+    #[arg(long, default_value = "edge-mnv2")]
+    pub prefix: String,
+    /// Seconds to wait for the boards' answers
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
 }
 
 #[derive(Args)]

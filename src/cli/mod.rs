@@ -8,5 +8,6 @@ pub mod errors;
 pub mod images;
 pub mod models;
 pub mod progress;
+pub mod push;
 pub mod serve;
 pub mod train;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use edge_mnv2::serve::auth::{self, ApiToken};
+use edge_mnv2::serve::rollout::Token;
+use edge_mnv2::serve::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics};
 use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
 use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::{capture, loader};
@@ -64,6 +66,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         no_http: args.no_http.then_some(true),
         token_file: args.token_file,
         insecure_no_token: args.insecure_no_token.then_some(true),
+        mqtt: args.mqtt,
+        board: args.board,
         ..ServeConfig::default()
     };
     let cfg = config(&args.source, flags)?;
@@ -97,6 +101,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         listen,
         token,
         insecure_no_token,
+        mqtt: mqtt_settings(&cfg)?,
         head,
     };
     // The backbone the head was trained on, as `predict` loads it; reloads replace only the head.
@@ -107,6 +112,59 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let (head, backbone) = loader::head_and_backbone(&opts.head, &choice)?;
     serve::run(backbone, head, &opts)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A secret from a file (password, token): its content without surrounding whitespace.
+pub fn read_secret(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// The MQTT settings when `mqtt` is given, checked (URL, board name, files) before starting.
+fn mqtt_settings(cfg: &ServeConfig) -> Result<Option<MqttSettings>> {
+    let Some(url) = &cfg.mqtt else {
+        return Ok(None);
+    };
+    let broker = BrokerUrl::parse(url)?;
+    let board = match &cfg.board {
+        Some(b) => topics::check_board(b)?,
+        None => topics::board_from_hostname(),
+    };
+    let heartbeat = cfg
+        .mqtt_heartbeat_s
+        .map(|s| {
+            if s.is_finite() && s > 0.0 {
+                Ok(Duration::from_secs_f64(s))
+            } else {
+                Err(anyhow::anyhow!("mqtt_heartbeat_s {s}: must be > 0"))
+            }
+        })
+        .transpose()?
+        .unwrap_or(topics::DEFAULT_HEARTBEAT);
+    let publish = PublishMode::parse(cfg.mqtt_publish.as_deref().unwrap_or("every"), heartbeat)?;
+    let password = cfg
+        .mqtt_password_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
+    let token = cfg.token_file.as_deref().map(Token::load).transpose()?;
+    Ok(Some(MqttSettings {
+        broker,
+        username: cfg.mqtt_username.clone(),
+        password,
+        ca_file: cfg.mqtt_ca_file.clone(),
+        topics: Topics {
+            prefix: cfg
+                .mqtt_prefix
+                .clone()
+                .unwrap_or_else(|| topics::DEFAULT_PREFIX.into()),
+            board,
+        },
+        publish,
+        discovery: cfg.mqtt_discovery.unwrap_or(true),
+        token,
+    }))
 }
 
 pub fn capture(args: CaptureArgs) -> Result<ExitCode> {

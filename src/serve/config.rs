@@ -29,6 +29,23 @@ pub struct ServeConfig {
     pub token_file: Option<PathBuf>,
     /// Listen beyond loopback without a token.
     pub insecure_no_token: Option<bool>,
+    /// MQTT broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub mqtt: Option<String>,
+    pub mqtt_username: Option<String>,
+    /// A file holding the broker password (kept out of this world-readable file).
+    pub mqtt_password_file: Option<PathBuf>,
+    /// PEM CA certificates for mqtts:// (default: the compiled-in Mozilla roots).
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Topic prefix (default `edge-mnv2`): topics are `<prefix>/<board>/...`.
+    pub mqtt_prefix: Option<String>,
+    /// `every` result (default) or only label `changes` plus a heartbeat.
+    pub mqtt_publish: Option<String>,
+    /// Seconds between heartbeats in `changes` mode (default 60).
+    pub mqtt_heartbeat_s: Option<f64>,
+    /// Publish Home Assistant discovery configs (default true).
+    pub mqtt_discovery: Option<bool>,
+    /// The board's name in topics and Home Assistant (default: the host name).
+    pub board: Option<String>,
 }
 
 impl ServeConfig {
@@ -47,7 +64,9 @@ impl ServeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(ServeConfig {
             head: cfg.head.map(|h| base.join(h)),
-            token_file: cfg.token_file.map(|t| base.join(t)),
+            token_file: cfg.token_file.map(|p| base.join(p)),
+            mqtt_password_file: cfg.mqtt_password_file.map(|p| base.join(p)),
+            mqtt_ca_file: cfg.mqtt_ca_file.map(|p| base.join(p)),
             ..cfg
         })
     }
@@ -69,6 +88,15 @@ impl ServeConfig {
             no_http: flags.no_http.or(self.no_http),
             token_file: flags.token_file.or(self.token_file),
             insecure_no_token: flags.insecure_no_token.or(self.insecure_no_token),
+            mqtt: flags.mqtt.or(self.mqtt),
+            mqtt_username: flags.mqtt_username.or(self.mqtt_username),
+            mqtt_password_file: flags.mqtt_password_file.or(self.mqtt_password_file),
+            mqtt_ca_file: flags.mqtt_ca_file.or(self.mqtt_ca_file),
+            mqtt_prefix: flags.mqtt_prefix.or(self.mqtt_prefix),
+            mqtt_publish: flags.mqtt_publish.or(self.mqtt_publish),
+            mqtt_heartbeat_s: flags.mqtt_heartbeat_s.or(self.mqtt_heartbeat_s),
+            mqtt_discovery: flags.mqtt_discovery.or(self.mqtt_discovery),
+            board: flags.board.or(self.board),
         }
     }
 }

@@ -10,9 +10,15 @@
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
 //!   threads and the endpoints.
 //! - `wire`: HTTP/1.1 on one connection (feature `http`): parsing, deadlines, limits, answers.
+//! - `rollout`: head installs from bytes, rollbacks, and the signed commands that ask for them.
+//! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
+//! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
+//! - `push`: `push-head`'s side: signed commands per board over a transport.
+//! - `token`: the board's secret, the key of the commands' HMAC.
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `wire` → `auth`, and `http` → `service` → `slot`, `prometheus`.
+//! `wire` → `auth`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
+//! `prometheus`, `token`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -32,9 +38,15 @@ pub mod auth;
 mod config;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 mod prometheus;
+pub mod push;
+pub mod rollout;
 mod service;
 mod slot;
+mod token;
+pub mod topics;
 #[cfg(feature = "http")]
 mod wire;
 
@@ -168,9 +180,14 @@ fn capture_loop_with(
     }
 }
 
-/// The inference thread: classifies the newest frame, prints it as a JSON line, and stops the
-/// service after `max_frames`.
-pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Write) {
+/// The inference thread: classifies the newest frame, prints it as a JSON line, hands it to
+/// `also` (the MQTT queue, which never blocks), and stops the service after `max_frames`.
+pub fn inference_loop(
+    svc: &Service,
+    max_frames: Option<u64>,
+    out: &mut dyn Write,
+    also: &dyn Fn(&FrameResult),
+) {
     let mut out_ok = true;
     while !svc.stopping() {
         svc.record_heartbeat();
@@ -190,6 +207,7 @@ pub fn inference_loop(svc: &Service, max_frames: Option<u64>, out: &mut dyn Writ
                         out_ok = false;
                     }
                 }
+                also(&result);
                 if max_frames.is_some_and(|m| svc.classified() >= m) {
                     log::info!("classified {} frames: stopping", svc.classified());
                     svc.stop.store(true, Ordering::SeqCst);
@@ -281,13 +299,36 @@ pub fn run(
                 .context("starting the capture thread")?,
         );
     }
+    #[cfg(feature = "mqtt")]
+    let publisher = match &opts.mqtt {
+        Some(settings) => {
+            let (publisher, handles) = mqtt::start(svc.clone(), settings.clone())?;
+            threads.extend(handles);
+            Some(publisher)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "mqtt"))]
+    if opts.mqtt.is_some() {
+        anyhow::bail!("--mqtt: this edge-mnv2 was built without the `mqtt` feature");
+    }
     {
         let svc = svc.clone();
         let max_frames = opts.max_frames;
+        #[cfg(feature = "mqtt")]
+        let also = move |r: &FrameResult| {
+            if let Some(p) = &publisher {
+                p.offer(r);
+            }
+        };
+        #[cfg(not(feature = "mqtt"))]
+        let also = |_: &FrameResult| {};
         threads.push(
             std::thread::Builder::new()
                 .name("inference".into())
-                .spawn(move || inference_loop(&svc, max_frames, &mut std::io::stdout().lock()))
+                .spawn(move || {
+                    inference_loop(&svc, max_frames, &mut std::io::stdout().lock(), &also)
+                })
                 .context("starting the inference thread")?,
         );
     }
@@ -394,6 +435,9 @@ mod tests {
             weights: vec![0.0; crate::backbone::EMBEDDING_DIM * 2],
             bias: vec![0.0; 2],
             config: Default::default(),
+            temperature: 1.0,
+            views: Default::default(),
+            novelty: None,
         };
         let opts = ServeOptions {
             head: "head.json".into(),
@@ -403,6 +447,10 @@ mod tests {
             threshold: 0.0,
             max_frames: None,
             listen: None,
+            views: None,
+            token: None,
+            insecure_no_token: false,
+            mqtt: None,
         };
         let file = HeadFile {
             head,

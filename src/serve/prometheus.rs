@@ -26,6 +26,13 @@ impl Histogram {
     }
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MqttStats {
+    pub published: u64,
+    pub dropped: u64,
+    pub connected: bool,
+}
+
 /// Everything the service counts since it started.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -38,6 +45,12 @@ pub struct Stats {
     pub source_errors: u64,
     pub reloads_ok: u64,
     pub reloads_refused: u64,
+    /// Head installs and rollbacks (rollout commands) by outcome.
+    pub rollouts_ok: u64,
+    pub rollouts_refused: u64,
+    /// MQTT (when configured): results published, results dropped from the full publish queue
+    /// (oldest first; the broker was slow or down), and whether the broker connection is up.
+    pub mqtt: Option<MqttStats>,
     /// Classified frames by reported label.
     pub per_class: BTreeMap<String, u64>,
     pub latency: Histogram,
@@ -86,6 +99,25 @@ pub fn exposition(s: &Stats, source_up: bool, labels: &[&str]) -> String {
         "edge_mnv2_head_reloads_total{{result=\"ok\"}} {}\nedge_mnv2_head_reloads_total{{result=\"refused\"}} {}\n",
         s.reloads_ok, s.reloads_refused
     ));
+    out.push_str("# HELP edge_mnv2_head_rollouts_total Head installs and rollbacks by outcome.\n# TYPE edge_mnv2_head_rollouts_total counter\n");
+    out.push_str(&format!(
+        "edge_mnv2_head_rollouts_total{{result=\"ok\"}} {}\nedge_mnv2_head_rollouts_total{{result=\"refused\"}} {}\n",
+        s.rollouts_ok, s.rollouts_refused
+    ));
+    if let Some(m) = s.mqtt {
+        out.push_str(&format!(
+            "# HELP edge_mnv2_mqtt_published_total Results handed to the MQTT client.\n# TYPE edge_mnv2_mqtt_published_total counter\nedge_mnv2_mqtt_published_total {}\n",
+            m.published
+        ));
+        out.push_str(&format!(
+            "# HELP edge_mnv2_mqtt_dropped_total Results dropped, oldest first, from the full MQTT queue.\n# TYPE edge_mnv2_mqtt_dropped_total counter\nedge_mnv2_mqtt_dropped_total {}\n",
+            m.dropped
+        ));
+        out.push_str(&format!(
+            "# HELP edge_mnv2_mqtt_connected Whether the MQTT broker connection is up.\n# TYPE edge_mnv2_mqtt_connected gauge\nedge_mnv2_mqtt_connected {}\n",
+            u8::from(m.connected)
+        ));
+    }
     out.push_str("# HELP edge_mnv2_predictions_total Classified frames by label.\n# TYPE edge_mnv2_predictions_total counter\n");
     let mut labels = labels.to_vec();
     for label in s.per_class.keys() {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::prometheus::{self, Stats};
 use super::slot::{lock, Captured, FrameSlot};
@@ -95,6 +95,9 @@ pub struct Health {
     pub head: HeadHealth,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The last head install or rollback since the service started, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     pub source: String,
     pub status: &'static str,
     pub uptime_s: f64,
@@ -108,6 +111,25 @@ pub struct HeadHealth {
     pub sha256: String,
 }
 
+/// The last rollout outcome, as `/healthz` and the MQTT state report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutStatus {
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub ok: bool,
+    /// The head running after the action (the old one when it was refused).
+    pub sha256: String,
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Install,
+    Rollback,
+}
+
 #[derive(Debug, Clone)]
 enum SourceState {
     Starting,
@@ -116,7 +138,7 @@ enum SourceState {
 }
 
 /// Everything `serve` is told (flags merged over the config file).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     pub head: PathBuf,
     pub source: SourceSpec,
@@ -135,17 +157,22 @@ pub struct ServeOptions {
     pub token: Option<super::auth::ApiToken>,
     /// Serve beyond loopback without a token (the operator's explicit choice).
     pub insecure_no_token: bool,
+    /// MQTT publishing and commands; `None` for none.
+    pub mqtt: Option<super::topics::MqttSettings>,
 }
 
+// The head, its path, the reload lock and the counters are shared with `rollout`, which
+// installs heads and rolls them back as a reload does.
 pub struct Service {
-    backbone: Backbone,
-    head: RwLock<Arc<HeadFile>>,
-    head_path: PathBuf,
-    reload_lock: Mutex<()>,
+    pub(super) backbone: Backbone,
+    pub(super) head: RwLock<Arc<HeadFile>>,
+    pub(super) head_path: PathBuf,
+    pub(super) reload_lock: Mutex<()>,
     pub threshold: f32,
     pub views: Option<Views>,
     pub slot: FrameSlot,
-    stats: Mutex<Stats>,
+    pub(super) stats: Mutex<Stats>,
+    pub(super) rollout: Mutex<Option<RolloutStatus>>,
     latest: Mutex<Option<FrameResult>>,
     source_state: Mutex<SourceState>,
     source_name: String,
@@ -171,6 +198,7 @@ impl Service {
             views: opts.views,
             slot: FrameSlot::default(),
             stats: Mutex::new(Stats::default()),
+            rollout: Mutex::new(None),
             latest: Mutex::new(None),
             source_state: Mutex::new(SourceState::Starting),
             source_name: opts.source.path().display().to_string(),
@@ -320,6 +348,7 @@ impl Service {
                 sha256: head.sha256.clone(),
             },
             reason,
+            rollout: lock(&self.rollout).clone(),
             source: self.source_name.clone(),
             status,
             uptime_s: round(self.started.elapsed().as_secs_f64(), 1),
@@ -439,6 +468,7 @@ mod tests {
                 sha256: "7efa".into(),
             },
             reason: None,
+            rollout: None,
             source: "x".into(),
             status: "ok",
             uptime_s: 3.1,

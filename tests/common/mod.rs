@@ -181,6 +181,7 @@ pub fn write_calibration(path: &Path, precision: edge_mnv2::models::Precision) {
         min_top1_agreement: 0.99,
         measurements: Vec::new(),
         int8_f32_layers: Vec::new(),
+        unavailable: Vec::new(),
         choice: edge_mnv2::calibration::Choice {
             precision,
             threads: 1,

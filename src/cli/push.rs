@@ -1,0 +1,87 @@
+//! `push-head`: signs a head install (or a rollback) for each board and sends it through the
+//! boards' MQTT broker, then prints each board's answer. Exit 1 unless every board accepted.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use edge_mnv2::serve::push::{self, HeadTransport, Payload};
+use edge_mnv2::serve::rollout::Token;
+use edge_mnv2::serve::topics::{check_board, BrokerUrl};
+
+use super::args::PushHeadArgs;
+
+pub fn push_head(args: &PushHeadArgs) -> Result<ExitCode> {
+    let token = Token::load(&args.token_file)?;
+    let boards = args
+        .boards
+        .iter()
+        .map(|b| check_board(b.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let payload = match (&args.head, &args.head_url, args.rollback) {
+        (Some(dir), _, _) => Payload::from_head(dir)?,
+        (None, Some(url), _) => {
+            edge_mnv2::fetch::check_url(url)?;
+            Payload::Url {
+                url: url.clone(),
+                sha256: args.sha256.clone().unwrap_or_default(),
+            }
+        }
+        (None, None, _) => Payload::Rollback,
+    };
+    let password = match &args.password_file {
+        Some(p) => Some(super::serve::read_secret(p)?),
+        None => None,
+    };
+    let mut transport = transport(args, password.as_deref())?;
+    let commands = push::commands(&token, &boards, &payload);
+    let answers = transport.push(&commands, Duration::from_secs(args.timeout));
+    let mut all_ok = true;
+    for (c, answer) in commands.iter().zip(answers) {
+        match answer {
+            Ok(a) if a.ok => println!(
+                "{}: ok, head {} (was {})",
+                c.board,
+                a.sha256,
+                a.previous.as_deref().unwrap_or("-")
+            ),
+            Ok(a) => {
+                all_ok = false;
+                println!(
+                    "{}: refused: {} (running head {})",
+                    c.board,
+                    a.error.as_deref().unwrap_or("no reason given"),
+                    a.sha256
+                );
+            }
+            Err(e) => {
+                all_ok = false;
+                println!("{}: {e:#}", c.board);
+            }
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(feature = "mqtt")]
+fn transport(args: &PushHeadArgs, password: Option<&str>) -> Result<Box<dyn HeadTransport>> {
+    let broker = BrokerUrl::parse(&args.broker)?;
+    Ok(Box::new(edge_mnv2::serve::mqtt::MqttTransport::connect(
+        &broker,
+        args.username.as_deref(),
+        password,
+        args.ca_file.as_deref(),
+        &args.prefix,
+    )?))
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn transport(args: &PushHeadArgs, _password: Option<&str>) -> Result<Box<dyn HeadTransport>> {
+    BrokerUrl::parse(&args.broker)?;
+    anyhow::bail!("--broker: this edge-mnv2 was built without the `mqtt` feature")
+}
