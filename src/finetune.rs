@@ -112,12 +112,24 @@ pub struct EmbeddingCounts {
     pub cache_dir: Option<String>,
 }
 
+/// The files a run writes into `--out`, replaced together (see [`fsutil::replace_files`]).
+const OUT_FILES: [&str; 3] = ["report.json", "report.md", HEAD_FILE];
+
 /// Checks up front that results can be written, so a long run never ends in a write error.
 fn prepare_out_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
-    fsutil::new_temp_file(out, ".probe")
-        .with_context(|| format!("{}: output directory is not writable", out.display()))?;
+    // The files are staged beside `out` and swapped in: what must be writable is its parent.
+    fsutil::check_replaceable(out)?;
+    for name in OUT_FILES {
+        let p = out.join(name);
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            bail!(
+                "{}: is a directory, where the run would write a file",
+                p.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -353,14 +365,21 @@ pub fn finetune(
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
         bail!("interrupted");
     }
-    // The head goes last: a run that fails while writing leaves the previous head in place.
-    fsutil::write_atomic(
-        &opts.out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    fsutil::write_atomic(&opts.out.join("report.md"), report.to_markdown().as_bytes())?;
-    head.save(&opts.out.join(HEAD_FILE))?;
+    // All or nothing: a run that fails or is killed while writing leaves `--out` as it was.
+    let files = final_files(&report, &head)?;
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    fsutil::replace_files(&opts.out, &files)?;
     Ok(report)
+}
+
+/// What a run writes into `--out`, by file name: every file joins one all-or-nothing replacement.
+pub fn final_files(report: &Report, head: &Head) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let [json, md, head_file] = OUT_FILES;
+    Ok(vec![
+        (json, serde_json::to_string_pretty(report)?.into_bytes()),
+        (md, report.to_markdown().into_bytes()),
+        (head_file, head.to_file_bytes()?),
+    ])
 }
 
 /// Evaluates a trained head on a `<class>/<image>` folder.
