@@ -24,7 +24,8 @@ use crate::views::{self, Views};
 /// Environment variable overriding the cache directory.
 pub const CACHE_ENV: &str = "EDGE_MNV2_CACHE";
 
-const MAGIC: &[u8; 4] = b"EMB1";
+/// Version 2: the checksum covers the key too (version 1 entries are recomputed).
+const MAGIC: &[u8; 4] = b"EMB2";
 
 pub fn default_cache_dir() -> Option<PathBuf> {
     match std::env::var_os(CACHE_ENV).filter(|v| !v.is_empty()) {
@@ -100,31 +101,13 @@ impl Cache {
 
     fn get(&self, key: &str) -> Option<Vec<f32>> {
         let bytes = std::fs::read(self.path(key)?).ok()?;
-        let n = EMBEDDING_DIM * 4;
-        if bytes.len() != 4 + n + 32 || &bytes[..4] != MAGIC {
-            return None;
-        }
-        let data = &bytes[4..4 + n];
-        if Sha256::digest(data).as_slice() != &bytes[4 + n..] {
-            return None;
-        }
-        Some(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        decode_entry(key, &bytes)
     }
 
     /// Best effort: a cache that cannot be written only costs time, so failures are logged once.
     fn put(&self, key: &str, v: &[f32], warned: &AtomicBool) {
         let Some(path) = self.path(key) else { return };
-        let mut bytes = Vec::with_capacity(4 + v.len() * 4 + 32);
-        bytes.extend_from_slice(MAGIC);
-        for x in v {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
-        let digest = Sha256::digest(&bytes[4..]);
-        bytes.extend_from_slice(&digest);
+        let bytes = encode_entry(key, v);
         let res = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -136,6 +119,47 @@ impl Cache {
             }
         }
     }
+}
+
+/// A cache entry's bytes: magic, the embedding as little-endian f32, then the sha256 of the key
+/// and those bytes, so an entry is only ever read back under its own key: a damaged entry, or a
+/// whole one of another image copied or renamed into its place, is recomputed.
+pub fn encode_entry(key: &str, v: &[f32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(4 + v.len() * 4 + 32);
+    bytes.extend_from_slice(MAGIC);
+    for x in v {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    let digest = entry_digest(key, &bytes[4..]);
+    bytes.extend_from_slice(&digest);
+    bytes
+}
+
+fn entry_digest(key: &str, data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update(b"\0");
+    h.update(data);
+    h.finalize().into()
+}
+
+/// The embedding in the entry stored under `key`, or `None` for anything that is not a
+/// complete, intact entry of [`EMBEDDING_DIM`] values written under that key (which is then
+/// recomputed, never trusted).
+pub fn decode_entry(key: &str, bytes: &[u8]) -> Option<Vec<f32>> {
+    let n = EMBEDDING_DIM * 4;
+    if bytes.len() != 4 + n + 32 || &bytes[..4] != MAGIC {
+        return None;
+    }
+    let data = &bytes[4..4 + n];
+    if entry_digest(key, data) != bytes[4 + n..] {
+        return None;
+    }
+    Some(
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
 }
 
 /// The embeddings of one image: `views[0]` plain, the other fixed views, then the random ones.

@@ -135,12 +135,24 @@ pub struct EmbeddingCounts {
     pub cache_dir: Option<String>,
 }
 
+/// The files a run writes into `--out`, replaced together (see [`fsutil::replace_files`]).
+const OUT_FILES: [&str; 3] = ["report.json", "report.md", HEAD_FILE];
+
 /// Checks up front that results can be written, so a long run never ends in a write error.
 fn prepare_out_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
-    fsutil::new_temp_file(out, ".probe")
-        .with_context(|| format!("{}: output directory is not writable", out.display()))?;
+    // The files are staged beside `out` and swapped in: what must be writable is its parent.
+    fsutil::check_replaceable(out)?;
+    for name in OUT_FILES {
+        let p = out.join(name);
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            bail!(
+                "{}: is a directory, where the run would write a file",
+                p.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -396,22 +408,40 @@ pub fn finetune(
     }
     let plots = assess::plots(Some(&report.training), assessment.as_ref(), &head);
     report.plots = plots.iter().map(|(name, _)| name.clone()).collect();
-    // The head goes last: a run that fails while writing leaves the previous head in place.
-    for (name, svg) in &plots {
-        fsutil::write_atomic(&opts.out.join(name), svg.as_bytes())?;
-    }
-    fsutil::write_atomic(
-        &opts.out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    let markdown =
-        report.to_markdown() + &assessment.map_or(String::new(), |a| assess::markdown(&a, &head));
-    fsutil::write_atomic(
-        &opts.out.join("report.md"),
-        (markdown + &plot_links(&report.plots)).as_bytes(),
-    )?;
-    head.save(&opts.out.join(HEAD_FILE))?;
+    let markdown = report.to_markdown()
+        + &assessment.map_or(String::new(), |a| assess::markdown(&a, &head))
+        + &plot_links(&report.plots);
+    // All or nothing: a run that fails or is killed while writing leaves `--out` as it was.
+    let mut files = final_files(&report, markdown, &head)?;
+    files.extend(
+        plots
+            .into_iter()
+            .map(|(name, svg)| (name, svg.into_bytes())),
+    );
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    fsutil::replace_files(&opts.out, &files)?;
     Ok(report)
+}
+
+/// What a run writes into `--out` besides its plots, by file name: every file joins one
+/// all-or-nothing replacement.
+pub fn final_files(
+    report: &Report,
+    markdown: String,
+    head: &Head,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let [json, md, head_file] = OUT_FILES;
+    Ok(vec![
+        (
+            json.into(),
+            serde_json::to_string_pretty(report)?.into_bytes(),
+        ),
+        (md.into(), markdown.into_bytes()),
+        (head_file.into(), head.to_file_bytes()?),
+    ])
 }
 
 /// Evaluates a trained head on a `<class>/<image>` folder (with `views`), and against the images

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -174,6 +174,79 @@ fn evaluate(x: &ArrayView2<f32>, y: &[usize], weights: &[f32], p: &Params) -> (f
     )
 }
 
+/// The training objective on one batch: (1/batch) Σ w_y · −ln softmax(x·W + b)_y, plus
+/// (weight_decay / 2)·|W|² (the L2 whose gradient is weight_decay·W). What
+/// [`batch_gradients`] differentiates.
+pub fn batch_loss(
+    x: ArrayView2<f32>,
+    y: &[usize],
+    class_weights: &[f32],
+    w: ArrayView2<f32>,
+    b: ArrayView1<f32>,
+    weight_decay: f32,
+) -> f64 {
+    let mut z = x.dot(&w) + b;
+    softmax_rows(&mut z);
+    let ce: f64 = y
+        .iter()
+        .enumerate()
+        .map(|(i, &yi)| -(class_weights[yi] as f64) * (z[[i, yi]] as f64).ln())
+        .sum();
+    let l2: f64 = w.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    ce / y.len() as f64 + 0.5 * weight_decay as f64 * l2
+}
+
+/// The gradients of [`batch_loss`] with respect to W and b.
+pub fn batch_gradients(
+    x: ArrayView2<f32>,
+    y: &[usize],
+    class_weights: &[f32],
+    w: ArrayView2<f32>,
+    b: ArrayView1<f32>,
+    weight_decay: f32,
+) -> (Array2<f32>, Array1<f32>) {
+    let mut g = x.dot(&w) + b;
+    softmax_rows(&mut g);
+    // d(loss)/d(logits) = w_y (softmax - onehot) / batch
+    for (r, &yr) in y.iter().enumerate() {
+        let cw = class_weights[yr] / y.len() as f32;
+        let mut row = g.row_mut(r);
+        row[yr] -= 1.0;
+        row *= cw;
+    }
+    let gw = x.t().dot(&g) + &(&w * weight_decay);
+    (gw, g.sum_axis(Axis(0)))
+}
+
+/// Adam's first- and second-moment decay rates and its denominator's epsilon (Keras' values).
+pub const ADAM_BETA1: f32 = 0.9;
+pub const ADAM_BETA2: f32 = 0.999;
+pub const ADAM_EPS: f32 = 1e-7;
+
+/// One Adam update (step numbers from 1) of `params` with `grads`, moments `m` and `v` updated
+/// in place, bias-corrected.
+pub fn adam_step(
+    params: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[f32],
+    lr: f32,
+    step: i32,
+) {
+    let (b1, b2) = (ADAM_BETA1, ADAM_BETA2);
+    let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
+    for (((w, m), v), &g) in params.iter_mut().zip(m).zip(v).zip(grads) {
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + ADAM_EPS);
+    }
+}
+
+/// An owned array's elements as one slice (owned arrays here are in standard layout).
+fn flat<D: ndarray::Dimension>(a: &mut ndarray::Array<f32, D>) -> &mut [f32] {
+    a.as_slice_mut().expect("owned, standard layout")
+}
+
 pub fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
@@ -242,7 +315,6 @@ impl Head {
         };
         let (mut mw, mut vw) = (Array2::<f32>::zeros((d, c)), Array2::<f32>::zeros((d, c)));
         let (mut mb, mut vb) = (Array1::<f32>::zeros(c), Array1::<f32>::zeros(c));
-        let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-7f32);
         let mut step = 0i32;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut order: Vec<usize> = (0..n).collect();
@@ -259,37 +331,34 @@ impl Head {
             order.shuffle(&mut rng);
             for chunk in order.chunks(bs) {
                 let xb = xt.select(Axis(0), chunk);
-                let mut g = probabilities(&xb.view(), &p);
-                // d(loss)/d(logits) = w_y (softmax - onehot) / batch
-                for (r, &i) in chunk.iter().enumerate() {
-                    let w = class_weights[y_train[i]] / chunk.len() as f32;
-                    let mut row = g.row_mut(r);
-                    row[y_train[i]] -= 1.0;
-                    row *= w;
-                }
-                let gw = xb.t().dot(&g) + &(&p.w * cfg.weight_decay);
-                let gb = g.sum_axis(Axis(0));
+                let yb: Vec<usize> = chunk.iter().map(|&i| y_train[i]).collect();
+                let (gw, gb) = batch_gradients(
+                    xb.view(),
+                    &yb,
+                    &class_weights,
+                    p.w.view(),
+                    p.b.view(),
+                    cfg.weight_decay,
+                );
                 step += 1;
-                let (c1, c2) = (1.0 - beta1.powi(step), 1.0 - beta2.powi(step));
-                let lr = cfg.lr;
-                ndarray::Zip::from(&mut p.w)
-                    .and(&mut mw)
-                    .and(&mut vw)
-                    .and(&gw)
-                    .for_each(|w, m, v, &g| {
-                        *m = beta1 * *m + (1.0 - beta1) * g;
-                        *v = beta2 * *v + (1.0 - beta2) * g * g;
-                        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-                    });
-                ndarray::Zip::from(&mut p.b)
-                    .and(&mut mb)
-                    .and(&mut vb)
-                    .and(&gb)
-                    .for_each(|w, m, v, &g| {
-                        *m = beta1 * *m + (1.0 - beta1) * g;
-                        *v = beta2 * *v + (1.0 - beta2) * g * g;
-                        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-                    });
+                let gw = gw.as_slice().expect("standard layout");
+                let gb = gb.as_slice().expect("standard layout");
+                adam_step(
+                    flat(&mut p.w),
+                    flat(&mut mw),
+                    flat(&mut vw),
+                    gw,
+                    cfg.lr,
+                    step,
+                );
+                adam_step(
+                    flat(&mut p.b),
+                    flat(&mut mb),
+                    flat(&mut vb),
+                    gb,
+                    cfg.lr,
+                    step,
+                );
             }
             let (train_loss, train_accuracy) = evaluate(&xt.view(), y_train, &class_weights, &p);
             let (val_loss, val_accuracy) = if has_val {
@@ -397,14 +466,18 @@ impl Head {
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        fsutil::write_atomic(path, &self.to_file_bytes()?)
+    }
+
+    /// The head file's bytes: the header line, then the payload it checksums.
+    pub fn to_file_bytes(&self) -> anyhow::Result<Vec<u8>> {
         let payload = serde_json::to_string(self)?;
         let header = FileHeader {
             format: HEAD_FORMAT.into(),
             version: HEAD_VERSION,
             payload_sha256: hex::encode(Sha256::digest(payload.as_bytes())),
         };
-        let text = format!("{}\n{payload}\n", serde_json::to_string(&header)?);
-        fsutil::write_atomic(path, text.as_bytes())
+        Ok(format!("{}\n{payload}\n", serde_json::to_string(&header)?).into_bytes())
     }
 
     /// Loads a head file, or `DIR/head.json` when given a directory.
@@ -427,6 +500,16 @@ impl Head {
                 _ => e.to_string(),
             })
         })?;
+        Head::parse(bytes, path)
+    }
+
+    /// As [`Head::read`] on bytes already in memory; `path` is only named in errors and kept in
+    /// the result. Every check the file reader makes is made here (the fuzz target's entry).
+    pub fn parse(bytes: Vec<u8>, path: PathBuf) -> Result<HeadFile, HeadError> {
+        let fail = |reason: String| HeadError::File {
+            path: path.display().to_string(),
+            reason,
+        };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let text = String::from_utf8(bytes)
             .map_err(|_| fail("not an edge-mnv2 head file (not text)".into()))?;

@@ -52,7 +52,13 @@ impl ServeConfig {
     pub fn load(path: &Path) -> anyhow::Result<ServeConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read config file", path.display()))?;
-        let cfg: ServeConfig = toml::from_str(&text).map_err(|e| {
+        ServeConfig::parse(&text, path)
+    }
+
+    /// As [`ServeConfig::load`] on the file's text already in memory; `path` is named in errors
+    /// and relative paths are resolved against its directory.
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<ServeConfig> {
+        let cfg: ServeConfig = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!(
                 "{}: invalid config: {}",
                 path.display(),

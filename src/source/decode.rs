@@ -59,7 +59,11 @@ pub fn yuyv_to_rgb(width: u32, height: u32, stride: u32, data: &[u8]) -> Result<
     }
     let row_bytes = width as usize * 2;
     let stride = (stride as usize).max(row_bytes);
-    let needed = stride * (height as usize - 1) + row_bytes;
+    // Checked: a driver's stride is a u32, and on 32-bit boards stride × height can overflow.
+    let needed = stride
+        .checked_mul(height as usize - 1)
+        .and_then(|n| n.checked_add(row_bytes))
+        .ok_or_else(|| format!("YUYV frame stride {stride} is too large for {height} rows"))?;
     if data.len() < needed {
         return Err(format!(
             "YUYV frame is {} bytes, {width}x{height} needs {needed} (truncated frame?)",
@@ -151,5 +155,8 @@ mod tests {
             .unwrap_err()
             .contains("odd"));
         assert!(yuyv_to_rgb(0, 16, 0, &[]).is_err());
+        // A stride whose product with the height overflows a 32-bit usize (armv7): an error,
+        // not an overflow panic or a short image.
+        assert!(yuyv_to_rgb(16, 16, u32::MAX, &[0u8; 64]).is_err());
     }
 }
