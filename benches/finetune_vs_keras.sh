@@ -15,7 +15,7 @@
 # The Keras peer runs under $EDGE_MNV2_KERAS_PYTHON (default: python3), e.g. a virtual environment
 # made with: python3 -m venv ~/.cache/edge-mnv2/keras-venv && ~/.cache/edge-mnv2/keras-venv/bin/pip
 # install tensorflow-cpu pillow; then EDGE_MNV2_KERAS_PYTHON=~/.cache/edge-mnv2/keras-venv/bin/python.
-# Both tools run with augmentation off and seed 0 and split DATA the same way, so accuracy and
+# Both tools run with augmentation off, one view (no test-time views) and seed 0 and split DATA the same way, so accuracy and
 # macro F1 should agree closely; a large gap means the comparison is not like for like.
 set -euo pipefail
 
@@ -71,11 +71,11 @@ fail() {
 
 rc=0
 EDGE_MNV2_CACHE=$TMP/cache run edge_first \
-    "$BIN" finetune "$DATA" --out "$TMP/a" --augment 0 --seed 0 --json || rc=$?
+    "$BIN" finetune "$DATA" --out "$TMP/a" --augment 0 --views 1 --seed 0 --json || rc=$?
 [[ $rc -eq 0 ]] || fail edge_first "$rc"
 
 EDGE_MNV2_CACHE=$TMP/cache run edge_second \
-    "$BIN" finetune "$DATA" --out "$TMP/b" --augment 0 --seed 0 --json || rc=$?
+    "$BIN" finetune "$DATA" --out "$TMP/b" --augment 0 --views 1 --seed 0 --json || rc=$?
 [[ $rc -eq 0 ]] || fail edge_second "$rc"
 
 run keras "${EDGE_MNV2_KERAS_PYTHON:-python3}" "$PEER" --data "$DATA" || rc=$?

@@ -102,12 +102,19 @@ fn a_directory_at_the_head_path_fails_and_changes_nothing() {
     let o = edge_command()
         .args(["finetune", data.to_str().unwrap(), "--out"])
         .arg(&out)
-        .args(["--augment", "0", "--no-cache", "--epochs", "5"])
+        .args([
+            "--augment",
+            "0",
+            "--views",
+            "1",
+            "--no-cache",
+            "--epochs",
+            "5",
+        ])
         .env("EDGE_MNV2_MODELS", models_dir())
-        .env(
-            "EDGE_MNV2_CALIBRATION",
-            tmp.path().join("no-calibration.json"),
-        )
+        // No calibration: none named, and none in the working directory.
+        .env_remove("EDGE_MNV2_CALIBRATION")
+        .current_dir(tmp.path())
         .env_remove("RUST_LOG")
         .output()
         .unwrap();

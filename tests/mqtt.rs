@@ -330,6 +330,12 @@ impl Drop for Served {
 fn board_config(dir: &Path, board: &str, broker: &Broker, extra: &str) -> PathBuf {
     std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    // A token file others can read is refused (src/serve/auth.rs).
+    std::fs::set_permissions(
+        dir.join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let p = dir.join(format!("{board}.toml"));
     std::fs::write(
         &p,
@@ -628,6 +634,11 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
     assert!(out.contains(&format!("running head {new_sha}")), "{out}");
 
     std::fs::write(tmp.path().join("wrong-token"), "not-the-board-token-at-all").unwrap();
+    std::fs::set_permissions(
+        tmp.path().join("wrong-token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let o = edge_command()
         .arg("push-head")
         .args(["--head", s(&other)])

@@ -231,10 +231,17 @@ fn metrics_match_counts_by_hand() {
 fn adam_two_steps_by_hand() {
     let (mut p, mut m, mut v) = ([1.0f32], [0.0f32], [0.0f32]);
     adam_step(&mut p, &mut m, &mut v, &[0.5], 0.1, 1);
-    assert!((m[0] - 0.05).abs() < 1e-8 && (v[0] - 0.00025).abs() < 1e-9);
+    // To 5e-8: 1 − 0.9 and 1 − 0.999 are 0.10000002 and 0.00100005 in f32.
+    assert!(
+        (m[0] - 0.05).abs() < 5e-8 && (v[0] - 0.00025).abs() < 5e-8,
+        "{m:?} {v:?}"
+    );
     assert!((p[0] - 0.900_000_02).abs() < 1e-6, "{}", p[0]);
     adam_step(&mut p, &mut m, &mut v, &[-0.25], 0.1, 2);
-    assert!((m[0] - 0.02).abs() < 1e-7 && (v[0] - 0.000_312_25).abs() < 1e-9);
+    assert!(
+        (m[0] - 0.02).abs() < 1e-7 && (v[0] - 0.000_312_25).abs() < 5e-8,
+        "{m:?} {v:?}"
+    );
     assert!((p[0] - 0.873_366).abs() < 1e-5, "{}", p[0]);
 }
 
