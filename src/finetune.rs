@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::augment::AugmentParams;
 use crate::backbone::{Backbone, EMBEDDING_DIM};
 use crate::classifier::backbone_ref;
-use crate::confidence::CalibrationReport;
+use crate::confidence::{CalibrationReport, TemperatureChoice};
 use crate::dataset::{Dataset, Sample, SplitFractions};
 use crate::features::{self, Cache, EmbedStats, ViewSpec};
 use crate::fsutil;
@@ -118,6 +118,8 @@ pub struct Report {
     pub test: Option<Evaluation>,
     /// Temperature and expected calibration error on the test split.
     pub calibration: Option<CalibrationReport>,
+    /// How the temperature was chosen on the validation split.
+    pub temperature_choice: TemperatureChoice,
     pub novelty: Option<NoveltySummary>,
     /// Known test images against `--unknown` images.
     pub unknown: Option<UnknownReport>,
@@ -347,7 +349,7 @@ pub fn finetune(
         |e| progress.epoch(e),
     )?;
     head.views = opts.views;
-    assess::calibrate_head(&mut head, &train, &val, opts.keep_rate);
+    let temperature = assess::calibrate_head(&mut head, &train, &val, opts.keep_rate);
     let train_s = t_train.elapsed().as_secs_f64();
 
     let t_eval = Instant::now();
@@ -385,6 +387,7 @@ pub fn finetune(
         views: opts.views.names(),
         novelty: NoveltySummary::of(&head),
         calibration: assessment.as_ref().map(|a| a.calibration.clone()),
+        temperature_choice: temperature,
         unknown: assessment.as_ref().and_then(|a| a.unknown.clone()),
         plots: Vec::new(),
         training: summary,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::backbone::EMBEDDING_DIM;
 use crate::classifier::Prediction;
-use crate::confidence::{self, CalibrationReport};
+use crate::confidence::{self, CalibrationReport, TemperatureChoice};
 use crate::dataset::{self, Sample};
 use crate::head::Head;
 use crate::metrics::{self, Evaluation};
@@ -26,12 +26,18 @@ fn plain_rows(embedded: &Embedded) -> ndarray::Array2<f32> {
     x
 }
 
-/// Fits the temperature on `val` (all views, as prediction averages them) and the novelty model
-/// on the plain training images, its threshold keeping `keep_rate` of the validation images.
-pub fn calibrate_head(head: &mut Head, train: &Embedded, val: &Embedded, keep_rate: f32) {
+/// Chooses the temperature on `val` (all views, as prediction averages them) and fits the novelty
+/// model on the plain training images, its threshold keeping `keep_rate` of the validation images.
+pub fn calibrate_head(
+    head: &mut Head,
+    train: &Embedded,
+    val: &Embedded,
+    keep_rate: f32,
+) -> TemperatureChoice {
     let logits: Vec<Vec<Vec<f32>>> = val.iter().map(|(_, v)| head.view_logits(v)).collect();
     let y: Vec<usize> = val.iter().map(|(s, _)| s.label).collect();
-    head.temperature = confidence::fit_temperature(&logits, &y);
+    let choice = confidence::choose_temperature(&logits, &y);
+    head.temperature = choice.temperature;
     let labels: Vec<usize> = train.iter().map(|(s, _)| s.label).collect();
     let mut novelty = Novelty::fit(
         &plain_rows(train),
@@ -42,6 +48,7 @@ pub fn calibrate_head(head: &mut Head, train: &Embedded, val: &Embedded, keep_ra
     let known = novelty.scores(&plain_rows(val));
     novelty.set_threshold(&known, keep_rate);
     head.novelty = Some(novelty);
+    choice
 }
 
 /// What the head's novelty model is, for the report.
@@ -143,7 +150,7 @@ pub fn markdown(a: &Assessment, head: &Head) -> String {
     let mut s = String::new();
     let c = &a.calibration;
     s.push_str(&format!(
-        "\n## Calibration\n\nTemperature {:.3} (fitted on the validation split). Expected calibration error on the test split ({} bins): {:.4} before, {:.4} after.\n",
+        "\n## Calibration\n\nTemperature {:.3} (fitted on the validation split by NLL, kept only if it lowers the cross-validated NLL there by more than one standard error; else 1). Expected calibration error on the test split ({} bins): {:.4} before, {:.4} after.\n",
         c.temperature,
         confidence::ECE_BINS,
         c.ece_before,
