@@ -1,8 +1,7 @@
-//! Property tests: the head's gradients against finite differences, Adam against the formula
-//! and a step worked by hand, the metrics against confusion matrices counted by hand, and the
-//! hash split as a partition that adding files does not disturb. Random cases come from a seeded
-//! generator (the seed is printed; `PROPERTIES_SEED=N` replays a failure), with dependencies
-//! already here; proptest (shrinking) is not used yet.
+//! Property tests (proptest): the head's gradients against finite differences, Adam against the
+//! formula and a step worked by hand, the metrics against confusion matrices counted by hand, and
+//! the hash split as a partition that adding files does not disturb. A failing case is shrunk to a
+//! small one and kept in `tests/properties.proptest-regressions`, replayed first on every run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,52 +10,54 @@ use edge_mnv2::dataset::{path_hash_unit, Dataset, SplitFractions};
 use edge_mnv2::head::{adam_step, batch_gradients, batch_loss, ADAM_BETA1, ADAM_BETA2, ADAM_EPS};
 use edge_mnv2::metrics;
 use ndarray::{Array1, Array2};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-fn rng(test: &str) -> ChaCha8Rng {
-    let seed = std::env::var("PROPERTIES_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("{test}: PROPERTIES_SEED={seed}");
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-fn vec_in(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(lo..hi)).collect()
-}
+use proptest::collection::vec;
+use proptest::prelude::*;
 
 fn close(analytic: f32, numeric: f64) -> bool {
     (analytic as f64 - numeric).abs() <= 2e-3 + 1e-2 * numeric.abs()
 }
 
-/// Softmax cross-entropy (class-weighted, with L2): every partial derivative matches a central
-/// difference of the loss, on 200 random small batches and heads.
-#[test]
-fn gradients_match_finite_differences() {
-    let mut rng = rng("gradients");
-    for case in 0..200 {
-        let (n, d, c) = (
-            rng.random_range(1..5),
-            rng.random_range(1..5),
-            rng.random_range(2..5),
-        );
-        let x = Array2::from_shape_vec((n, d), vec_in(&mut rng, n * d, -2.0, 2.0)).unwrap();
-        let y: Vec<usize> = (0..n).map(|_| rng.random_range(0..c)).collect();
-        let cw = vec_in(&mut rng, c, 0.25, 3.0);
-        let w = Array2::from_shape_vec((d, c), vec_in(&mut rng, d * c, -1.0, 1.0)).unwrap();
-        let b = Array1::from(vec_in(&mut rng, c, -1.0, 1.0));
-        let l2 = if rng.random_bool(0.5) {
-            0.0
-        } else {
-            rng.random_range(0.0..0.1)
-        };
+/// A small batch and head: (x n×d, labels, class weights, W d×c, b, L2).
+#[allow(clippy::type_complexity)]
+fn batch_and_head() -> impl Strategy<
+    Value = (
+        Array2<f32>,
+        Vec<usize>,
+        Vec<f32>,
+        Array2<f32>,
+        Array1<f32>,
+        f32,
+    ),
+> {
+    (1usize..5, 1usize..5, 2usize..5).prop_flat_map(|(n, d, c)| {
+        (
+            vec(-2.0f32..2.0, n * d),
+            vec(0..c, n),
+            vec(0.25f32..3.0, c),
+            vec(-1.0f32..1.0, d * c),
+            vec(-1.0f32..1.0, c),
+            prop_oneof![Just(0.0f32), 0.0f32..0.1],
+        )
+            .prop_map(move |(x, y, cw, w, b, l2)| {
+                (
+                    Array2::from_shape_vec((n, d), x).unwrap(),
+                    y,
+                    cw,
+                    Array2::from_shape_vec((d, c), w).unwrap(),
+                    Array1::from(b),
+                    l2,
+                )
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Softmax cross-entropy (class-weighted, with L2): every partial derivative matches a
+    /// central difference of the loss.
+    #[test]
+    fn gradients_match_finite_differences((x, y, cw, w, b, l2) in batch_and_head()) {
         let (gw, gb) = batch_gradients(x.view(), &y, &cw, w.view(), b.view(), l2);
         let h = 1e-2f32;
         let loss = |w: &Array2<f32>, b: &Array1<f32>| {
@@ -68,83 +69,71 @@ fn gradients_match_finite_differences() {
             wm.as_slice_mut().unwrap()[idx] -= h;
             let numeric = (loss(&wp, &b) - loss(&wm, &b)) / (2.0 * h as f64);
             let analytic = gw.as_slice().unwrap()[idx];
-            assert!(
-                close(analytic, numeric),
-                "case {case}: dW[{idx}] {analytic} vs {numeric}"
-            );
+            prop_assert!(close(analytic, numeric), "dW[{}] {} vs {}", idx, analytic, numeric);
         }
         for k in 0..b.len() {
             let (mut bp, mut bm) = (b.clone(), b.clone());
             bp[k] += h;
             bm[k] -= h;
             let numeric = (loss(&w, &bp) - loss(&w, &bm)) / (2.0 * h as f64);
-            assert!(
-                close(gb[k], numeric),
-                "case {case}: db[{k}] {} vs {numeric}",
-                gb[k]
-            );
+            prop_assert!(close(gb[k], numeric), "db[{}] {} vs {}", k, gb[k], numeric);
         }
     }
 }
 
-/// Adam from random states: the moments and the bias-corrected step as the paper writes them,
-/// computed here in f64.
-#[test]
-fn adam_matches_the_formula() {
-    let mut rng = rng("adam");
-    for case in 0..500 {
-        let len = rng.random_range(1..6);
-        let p0 = vec_in(&mut rng, len, -2.0, 2.0);
-        let m0 = vec_in(&mut rng, len, -1.0, 1.0);
-        let v0 = vec_in(&mut rng, len, 0.0, 1.0);
-        let g = vec_in(&mut rng, len, -3.0, 3.0);
-        let lr = rng.random_range(1e-4f32..0.1);
-        let step = rng.random_range(1i32..50);
+/// Adam's state before a step: (p, m, v, g), one length.
+#[allow(clippy::type_complexity)]
+fn adam_state() -> impl Strategy<Value = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> {
+    (1usize..6).prop_flat_map(|len| {
+        (
+            vec(-2.0f32..2.0, len),
+            vec(-1.0f32..1.0, len),
+            vec(0.0f32..1.0, len),
+            vec(-3.0f32..3.0, len),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Adam from random states: the moments and the bias-corrected step as the paper writes
+    /// them, computed here in f64.
+    #[test]
+    fn adam_matches_the_formula(
+        (p0, m0, v0, g) in adam_state(),
+        lr in 1e-4f32..0.1,
+        step in 1i32..50,
+    ) {
         let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
         adam_step(&mut p, &mut m, &mut v, &g, lr, step);
         let (b1, b2, eps) = (ADAM_BETA1 as f64, ADAM_BETA2 as f64, ADAM_EPS as f64);
-        for i in 0..len {
+        for i in 0..p0.len() {
             let gi = g[i] as f64;
             let m1 = b1 * m0[i] as f64 + (1.0 - b1) * gi;
             let v1 = b2 * v0[i] as f64 + (1.0 - b2) * gi * gi;
             let mhat = m1 / (1.0 - b1.powi(step));
             let vhat = v1 / (1.0 - b2.powi(step));
             let p1 = p0[i] as f64 - lr as f64 * mhat / (vhat.sqrt() + eps);
-            assert!(
-                (m[i] as f64 - m1).abs() <= 1e-6 * (1.0 + m1.abs()),
-                "case {case}: m {} vs {m1}",
-                m[i]
-            );
-            assert!(
-                (v[i] as f64 - v1).abs() <= 1e-6 * (1.0 + v1.abs()),
-                "case {case}: v {} vs {v1}",
-                v[i]
-            );
-            assert!(
-                (p[i] as f64 - p1).abs() <= 1e-5 * (1.0 + p1.abs()),
-                "case {case}: p {} vs {p1}",
-                p[i]
-            );
+            prop_assert!((m[i] as f64 - m1).abs() <= 1e-6 * (1.0 + m1.abs()), "m {} vs {}", m[i], m1);
+            prop_assert!((v[i] as f64 - v1).abs() <= 1e-6 * (1.0 + v1.abs()), "v {} vs {}", v[i], v1);
+            prop_assert!((p[i] as f64 - p1).abs() <= 1e-5 * (1.0 + p1.abs()), "p {} vs {}", p[i], p1);
         }
     }
 }
 
-/// The metrics of random predictions against the confusion matrix and the per-class counts
-/// made here from the pairs, one by one.
-#[test]
-fn metrics_match_counts_by_hand() {
-    let mut rng = rng("metrics");
-    for case in 0..300 {
-        let c = rng.random_range(2..6);
-        let pairs: Vec<(usize, usize, f32)> = (0..rng.random_range(0..60))
-            .map(|_| {
-                (
-                    rng.random_range(0..c),
-                    rng.random_range(0..c),
-                    rng.random_range(0.0..1.0),
-                )
-            })
-            .collect();
+/// Class count and (actual, predicted, confidence) triples.
+fn predictions() -> impl Strategy<Value = (usize, Vec<(usize, usize, f32)>)> {
+    (2usize..6).prop_flat_map(|c| (Just(c), vec((0..c, 0..c, 0.0f32..1.0), 0..60)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The metrics of random predictions against the confusion matrix and the per-class counts
+    /// made here from the pairs, one by one.
+    #[test]
+    fn metrics_match_counts_by_hand((c, pairs) in predictions()) {
         let classes: Vec<String> = (0..c).map(|k| format!("class{k}")).collect();
         let actual: Vec<usize> = pairs.iter().map(|p| p.0).collect();
         let predicted: Vec<(usize, f32)> = pairs.iter().map(|p| (p.1, p.2)).collect();
@@ -155,16 +144,16 @@ fn metrics_match_counts_by_hand() {
         for &(a, p, _) in &pairs {
             cm[a][p] += 1;
         }
-        assert_eq!(e.confusion_matrix, cm, "case {case}");
-        assert_eq!(e.samples, n);
+        prop_assert_eq!(&e.confusion_matrix, &cm);
+        prop_assert_eq!(e.samples, n);
         let correct = pairs.iter().filter(|p| p.0 == p.1).count();
-        assert_eq!(e.misclassified.len(), n - correct);
-        assert!(e
+        prop_assert_eq!(e.misclassified.len(), n - correct);
+        prop_assert!(e
             .misclassified
             .windows(2)
             .all(|w| w[0].confidence >= w[1].confidence));
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        assert!((e.accuracy - ratio(correct, n)).abs() < 1e-12);
+        prop_assert!((e.accuracy - ratio(correct, n)).abs() < 1e-12);
         let (mut recalls, mut precisions, mut f1s) = (Vec::new(), Vec::new(), Vec::new());
         let (mut wp, mut wr, mut wf) = (0.0, 0.0, 0.0);
         for k in 0..c {
@@ -172,18 +161,11 @@ fn metrics_match_counts_by_hand() {
             let support = pairs.iter().filter(|p| p.0 == k).count();
             let predicted_k = pairs.iter().filter(|p| p.1 == k).count();
             let (pr, rc) = (ratio(tp, predicted_k), ratio(tp, support));
-            let f1 = if pr + rc > 0.0 {
-                2.0 * pr * rc / (pr + rc)
-            } else {
-                0.0
-            };
+            let f1 = if pr + rc > 0.0 { 2.0 * pr * rc / (pr + rc) } else { 0.0 };
             let m = &e.per_class[k];
-            assert_eq!(m.support, support, "case {case}");
-            assert!(
-                (m.precision - pr).abs() < 1e-12 && (m.recall - rc).abs() < 1e-12,
-                "case {case}"
-            );
-            assert!((m.f1 - f1).abs() < 1e-12, "case {case}");
+            prop_assert_eq!(m.support, support);
+            prop_assert!((m.precision - pr).abs() < 1e-12 && (m.recall - rc).abs() < 1e-12);
+            prop_assert!((m.f1 - f1).abs() < 1e-12);
             if support > 0 {
                 recalls.push(rc);
                 precisions.push(pr);
@@ -193,34 +175,16 @@ fn metrics_match_counts_by_hand() {
             wr += rc * support as f64;
             wf += f1 * support as f64;
         }
-        let mean = |v: &[f64]| {
-            if v.is_empty() {
-                0.0
-            } else {
-                v.iter().sum::<f64>() / v.len() as f64
-            }
-        };
-        assert!(
-            (e.balanced_accuracy - mean(&recalls)).abs() < 1e-12,
-            "case {case}"
-        );
-        assert!(
-            (e.macro_precision - mean(&precisions)).abs() < 1e-12,
-            "case {case}"
-        );
-        assert!((e.macro_f1 - mean(&f1s)).abs() < 1e-12, "case {case}");
+        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        prop_assert!((e.balanced_accuracy - mean(&recalls)).abs() < 1e-12);
+        prop_assert!((e.macro_precision - mean(&precisions)).abs() < 1e-12);
+        prop_assert!((e.macro_f1 - mean(&f1s)).abs() < 1e-12);
         let nn = n.max(1) as f64;
-        assert!(
-            (e.weighted_precision - wp / nn).abs() < 1e-12,
-            "case {case}"
-        );
-        assert!((e.weighted_recall - wr / nn).abs() < 1e-12, "case {case}");
-        assert!((e.weighted_f1 - wf / nn).abs() < 1e-12, "case {case}");
+        prop_assert!((e.weighted_precision - wp / nn).abs() < 1e-12);
+        prop_assert!((e.weighted_recall - wr / nn).abs() < 1e-12);
+        prop_assert!((e.weighted_f1 - wf / nn).abs() < 1e-12);
         // Weighted recall is accuracy, whatever the predictions.
-        assert!(
-            (e.weighted_recall - e.accuracy).abs() < 1e-12,
-            "case {case}"
-        );
+        prop_assert!((e.weighted_recall - e.accuracy).abs() < 1e-12);
     }
 }
 
@@ -305,16 +269,9 @@ fn by_hash(rel: &str) -> u8 {
     }
 }
 
-fn names(rng: &mut ChaCha8Rng) -> Vec<(usize, String)> {
-    (0..rng.random_range(1..30))
-        .map(|_| {
-            let len = rng.random_range(1..12);
-            let name: String = (0..len)
-                .map(|_| b"abcdefghijklmnopqrstuvwxyz0123456789_"[rng.random_range(0..37)] as char)
-                .collect();
-            (rng.random_range(0..3), name)
-        })
-        .collect()
+/// Up to 29 image files, each (class 0-2, a file name).
+fn names() -> impl Strategy<Value = Vec<(usize, String)>> {
+    vec((0usize..3, "[a-z0-9_]{1,11}"), 1..30)
 }
 
 fn add(root: &Path, files: &[(usize, String)]) {
@@ -328,10 +285,11 @@ fn add(root: &Path, files: &[(usize, String)]) {
 /// Every image lands in exactly one split, the one its path hash names (a class the hash left
 /// without a training image lends one), and adding images moves no existing image, except such
 /// a loan, which goes back to its hash's split once the class has its own training image.
-#[test]
-fn the_hash_split_is_a_stable_partition() {
-    let mut rng = rng("split");
-    for case in 0..64 {
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn the_hash_split_is_a_stable_partition(first in names(), added in names()) {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         // Every class gets two images, so a dataset opens; the hash decides the rest.
@@ -344,12 +302,12 @@ fn the_hash_split_is_a_stable_partition() {
                 (1, "base1".into()),
             ],
         );
-        add(root, &names(&mut rng));
+        add(root, &first);
         let before = splits(root);
-        assert_eq!(
+        prop_assert_eq!(
             before.len(),
             walk_count(root),
-            "case {case}: a partition of every image"
+            "a partition of every image"
         );
         let loans = |m: &BTreeMap<String, u8>| -> Vec<String> {
             m.iter()
@@ -359,33 +317,33 @@ fn the_hash_split_is_a_stable_partition() {
         };
         let loaned = loans(&before);
         for rel in &loaned {
-            assert_eq!(
+            prop_assert_eq!(
                 before[rel], 0,
-                "case {case}: {rel} moved but not into training"
+                "{} moved but not into training", rel
             );
             let class = rel.split('/').next().unwrap();
             let trained = before
                 .iter()
                 .filter(|(r, &k)| r.starts_with(&format!("{class}/")) && k == 0)
                 .count();
-            assert_eq!(
+            prop_assert_eq!(
                 trained, 1,
-                "case {case}: a loan only where the class had no training image"
+                "a loan only where the class had no training image"
             );
         }
-        add(root, &names(&mut rng));
+        add(root, &added);
         let after = splits(root);
-        assert_eq!(after.len(), walk_count(root), "case {case}");
+        prop_assert_eq!(after.len(), walk_count(root));
         for (rel, k) in &before {
             if loaned.contains(rel) {
-                assert!(
+                prop_assert!(
                     after[rel] == 0 || after[rel] == by_hash(rel),
-                    "case {case}: {rel}"
+                    "{}", rel
                 );
             } else {
-                assert_eq!(
+                prop_assert_eq!(
                     after[rel], *k,
-                    "case {case}: {rel} moved from split {k} when files were added"
+                    "{} moved from split {} when files were added", rel, k
                 );
             }
         }

@@ -130,6 +130,12 @@ fn finetune_reports_rejection_calibration_and_views() {
         after <= 0.08 && after <= before + 0.01,
         "ECE {before} -> {after}"
     );
+    // The temperature used is the validation fit only when it held up out of fold, else 1.
+    let choice = &r["temperature_choice"];
+    let used = choice["temperature"].as_f64().unwrap();
+    assert_eq!(r["calibration"]["temperature"].as_f64().unwrap(), used);
+    assert!(used == 1.0 || used == choice["fitted"].as_f64().unwrap(), "{choice}");
+    assert!(choice["cv_nll_plain"].as_f64().unwrap() > 0.0, "{choice}");
     assert_eq!(r["novelty"]["threshold_from"], "validation");
     assert!((r["novelty"]["keep_rate"].as_f64().unwrap() - 0.95).abs() < 1e-6);
 

@@ -131,16 +131,30 @@ impl Builder<'_> {
             };
             return Ok(self.target.wire_node(&name, op, &[x])?[0]);
         }
-        let kw = self.konst(format!("{name}.weights"), k.into_tensor())?;
-        let bw = self.konst(format!("{name}.bias"), tensor1(&bias))?;
+        let group = if depthwise { x_shape[3] } else { 1 };
+        let acc = self.wire_float_conv(&name, x, k.into_tensor(), &bias, pool_spec, group)?;
+        self.requantize_f32(ctx, acc, &multiplier, act)
+    }
+
+    /// tract's own float `Conv` on `x`: OHWI weights `k` and `bias` as constants of the graph.
+    pub(super) fn wire_float_conv(
+        &mut self,
+        name: &str,
+        x: OutletId,
+        k: Tensor,
+        bias: &[f32],
+        pool_spec: PoolSpec,
+        group: usize,
+    ) -> Result<OutletId, TfliteError> {
+        let kw = self.konst(format!("{name}.weights"), k)?;
+        let bw = self.konst(format!("{name}.bias"), tensor1(bias))?;
         let op = Conv {
             pool_spec,
             kernel_fmt: KernelFormat::OHWI,
-            group: if depthwise { x_shape[3] } else { 1 },
+            group,
             q_params: None,
         };
-        let acc = self.target.wire_node(&name, op, &[x, kw, bw])?[0];
-        self.requantize_f32(ctx, acc, &multiplier, act)
+        Ok(self.target.wire_node(name, op, &[x, kw, bw])?[0])
     }
 
     /// The f32 graph's bias in accumulator units.

@@ -12,7 +12,6 @@ use tract_core::floats::FloatPrecisionTranslator;
 use tract_core::model::translator::Translate;
 use tract_core::ops::cast::cast;
 use tract_core::ops::change_axes::wire_with_rank_broadcast;
-use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::math;
 use tract_ndarray::Dimension;
 use tract_tflite::internal::*;
@@ -81,15 +80,8 @@ impl Builder<'_> {
             None => vec![0.0; out_c],
         };
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
-        let kw = self.konst(format!("{name}.weights"), k.into_tensor())?;
-        let bw = self.konst(format!("{name}.bias"), tensor1(&bias))?;
-        let op = Conv {
-            pool_spec,
-            kernel_fmt: KernelFormat::OHWI,
-            group: if depthwise { x_shape[3] } else { 1 },
-            q_params: None,
-        };
-        let y = self.target.wire_node(&name, op, &[x, kw, bw])?[0];
+        let group = if depthwise { x_shape[3] } else { 1 };
+        let y = self.wire_float_conv(&name, x, k.into_tensor(), &bias, pool_spec, group)?;
         self.clamp_real(ctx, y, act)
     }
 

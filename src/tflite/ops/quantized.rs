@@ -7,6 +7,11 @@ use tract_core::internal::*;
 use super::kernels::DepthwiseGeometry;
 use super::qkernels::{self, AddParams, PackedWeights, Requant};
 
+thread_local! {
+    /// A k×k convolution's gathered windows, one buffer per thread running the plan.
+    static GATHERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Checks an NHWC u8 input's channels and returns the output fact with `out_c` channels and
 /// `hw` (or the input's) spatial size.
 fn nhwc_u8_fact(
@@ -75,31 +80,25 @@ impl EvalOp for QuantizedConv {
             None => (x.shape()[1], x.shape()[2]),
         };
         let pixels = batch * h * w;
-        let gathered;
-        let rows = match &self.window {
-            Some((g, zero_point)) => {
-                let mut buf = vec![0u8; pixels * self.weights.k];
-                let in_len = g.in_h * g.in_w * g.channels;
-                let out_len = h * w * self.weights.k;
-                for (x, out) in xs.chunks_exact(in_len).zip(buf.chunks_exact_mut(out_len)) {
-                    qkernels::im2col(g, x, *zero_point, out);
-                }
-                gathered = buf;
-                &gathered[..]
-            }
-            None => xs,
-        };
         // Safety: the product writes every output byte.
         let mut y = unsafe { Tensor::uninitialized::<u8>(&[batch, h, w, self.weights.n])? };
         {
             let mut view = y.try_as_plain_ram_mut()?;
-            qkernels::matmul(
-                rows,
-                pixels,
-                &self.weights,
-                &self.requant,
-                view.as_slice_mut::<u8>()?,
-            );
+            let out = view.as_slice_mut::<u8>()?;
+            match &self.window {
+                Some((g, zero_point)) => GATHERED.with_borrow_mut(|buf| {
+                    // Reused from frame to frame: the first layer's windows are ~340 KB, which
+                    // the allocator would otherwise map and fault in afresh every frame.
+                    buf.resize(pixels * self.weights.k, 0);
+                    let in_len = g.in_h * g.in_w * g.channels;
+                    let out_len = h * w * self.weights.k;
+                    for (x, rows) in xs.chunks_exact(in_len).zip(buf.chunks_exact_mut(out_len)) {
+                        qkernels::im2col(g, x, *zero_point, rows);
+                    }
+                    qkernels::matmul(buf, pixels, &self.weights, &self.requant, out);
+                }),
+                None => qkernels::matmul(xs, pixels, &self.weights, &self.requant, out),
+            }
         }
         Ok(tvec!(y.into_tvalue()))
     }
