@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use edge_mnv2::serve::push::{self, HeadTransport, Payload};
-use edge_mnv2::serve::rollout::Token;
+use edge_mnv2::serve::auth::Token;
 use edge_mnv2::serve::topics::{check_board, BrokerUrl};
 
 use super::args::PushHeadArgs;

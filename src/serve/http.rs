@@ -25,7 +25,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
 
-use super::auth::{check_exposure, ApiToken};
+use super::auth::{check_exposure, Token};
 use super::service::{round, ImagePrediction, Service};
 use super::wire::{self, Api, Ending, Endpoint, Reply, Transport};
 use crate::preprocess;
@@ -210,7 +210,7 @@ impl Transport for TcpTransport {
 }
 
 /// Serves one accepted connection to its end.
-fn connection(stream: TcpStream, api: &ServiceApi, token: Option<&ApiToken>) {
+fn connection(stream: TcpStream, api: &ServiceApi, token: Option<&Token>) {
     let _ = stream.set_nodelay(true);
     if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
@@ -309,7 +309,7 @@ impl Refused {
 pub fn spawn(
     svc: Arc<Service>,
     addr: &str,
-    token: Option<ApiToken>,
+    token: Option<Token>,
     insecure_no_token: bool,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -385,7 +385,7 @@ pub fn spawn(
 /// how many bytes each read delivers (the rest: 1 to 128, as a network splits a request).
 pub fn fuzz_connection(input: &[u8]) -> Vec<u8> {
     let (first, input) = input.split_first().unwrap_or((&0, input));
-    let token = (first & 1 == 1).then(|| ApiToken::from_secret("fuzz-token-0123456789"));
+    let token = (first & 1 == 1).then(|| Token::from_secret("fuzz-token-0123456789"));
     let mut t = wire::MemoryTransport {
         input,
         max_read: usize::from(first >> 1) + 1,

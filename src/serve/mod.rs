@@ -6,7 +6,8 @@
 //! - `service`: [`Service`] (head, classification, health) and its typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
 //! - `config`: the TOML config file ([`ServeConfig`]).
-//! - `auth`: the API token and the rule that a service reachable beyond loopback has one.
+//! - `auth`: the board's token (HTTP bearer credential and HMAC key of rollout commands) and the
+//!   rule that a service reachable beyond loopback has one.
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
 //!   threads and the endpoints.
 //! - `wire`: HTTP/1.1 on one connection (feature `http`): parsing, deadlines, limits, answers.
@@ -14,11 +15,10 @@
 //! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
 //! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
 //! - `push`: `push-head`'s side: signed commands per board over a transport.
-//! - `token`: the board's secret, the key of the commands' HMAC.
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
 //! `wire` → `auth`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
-//! `prometheus`, `token`.
+//! `prometheus`, `auth`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -45,7 +45,6 @@ pub mod push;
 pub mod rollout;
 mod service;
 mod slot;
-mod token;
 pub mod topics;
 #[cfg(feature = "http")]
 mod wire;

@@ -22,7 +22,7 @@ use thiserror::Error;
 use super::service::Service;
 pub use super::service::{Action, RolloutStatus};
 use super::slot::lock;
-pub use super::token::Token;
+pub use super::auth::Token;
 use crate::fsutil;
 use crate::head::head_file_path;
 use crate::loader;
@@ -373,7 +373,7 @@ mod tests {
     use super::*;
 
     fn token() -> Token {
-        Token::from_bytes(b"0123456789abcdef-board-token")
+        Token::from_secret("0123456789abcdef-board-token")
     }
 
     fn command(board: &str, id: &str) -> HeadCommand {
@@ -398,7 +398,7 @@ mod tests {
         let other_board = SignedCommand::sign(&token(), &command("b", "2"));
         assert!(gate.open(&other_board.0).is_err());
         let wrong_key = SignedCommand::sign(
-            &Token::from_bytes(b"another-token-of-16+"),
+            &Token::from_secret("another-token-of-16+"),
             &command("a", "3"),
         );
         let e = gate.open(&wrong_key.0).unwrap_err().to_string();

@@ -11,7 +11,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::auth::{needs_token, ApiToken};
+use super::auth::{needs_token, Token};
 
 /// Longest a request head may take to arrive (from its first byte, or from the end of the
 /// previous answer on a kept-alive connection, which is also how long an idle one is kept).
@@ -168,7 +168,7 @@ struct Head {
 pub fn serve_connection<T: Transport, A: Api>(
     t: &mut T,
     api: &A,
-    token: Option<&ApiToken>,
+    token: Option<&Token>,
 ) -> Ending {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -498,7 +498,7 @@ mod tests {
             max_read,
             output: Vec::new(),
         };
-        let token = token.map(ApiToken::from_secret);
+        let token = token.map(Token::from_secret);
         let ending = serve_connection(&mut t, &EchoApi, token.as_ref());
         (String::from_utf8_lossy(&t.output).into_owned(), ending)
     }
