@@ -25,6 +25,7 @@ use rumqttc::{
 };
 use serde::Serialize;
 
+use super::backoff::Backoff;
 use super::prometheus::MqttStats;
 use super::push::{BoardCommand, HeadTransport};
 use super::rollout::{self, CommandGate, HeadAnswer, HeadCommand, RolloutStatus};
@@ -35,8 +36,6 @@ use super::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics, OFFLINE,
 /// Results waiting for the broker; beyond this the oldest are dropped.
 const QUEUE: usize = 64;
 const POLL: Duration = Duration::from_millis(100);
-const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Rollout commands carry a head file inline: allow well above a large head.
 const MAX_PACKET: usize = 40 << 20;
 
@@ -358,7 +357,7 @@ impl Events<'_> {
     }
 
     fn run(&self, mut connection: Connection, commands: &mpsc::Sender<Vec<u8>>) {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new();
         let mut was_up = false;
         while !self.svc.stopping() {
             match connection.recv_timeout(POLL) {
@@ -367,7 +366,7 @@ impl Events<'_> {
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     log::info!("MQTT: connected to the broker");
                     was_up = true;
-                    backoff = BACKOFF_START;
+                    backoff.reset();
                     self.set_connected(true);
                     self.on_connect();
                 }
@@ -380,17 +379,17 @@ impl Events<'_> {
                 Ok(Err(e)) => {
                     self.set_connected(false);
                     let e = describe(&e);
+                    let wait = backoff.next_wait();
                     if was_up {
                         log::warn!("MQTT: connection lost ({e}); reconnecting");
                     } else {
-                        log::warn!("MQTT: cannot connect ({e}); retrying in {backoff:?}");
+                        log::warn!("MQTT: cannot connect ({e}); retrying in {wait:?}");
                     }
                     was_up = false;
-                    let end = Instant::now() + backoff;
+                    let end = Instant::now() + wait;
                     while !self.svc.stopping() && Instant::now() < end {
                         std::thread::sleep(POLL);
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
