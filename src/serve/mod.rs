@@ -18,7 +18,7 @@
 //! - `push`: `push-head`'s side: signed commands per board over a transport.
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `wire` → `auth`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
+//! `wire` → `auth`, `rollout`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
 //! `prometheus`, `auth`; `mod.rs`, `mqtt` → `backoff`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
