@@ -102,6 +102,11 @@ impl Token {
         }
     }
 
+    /// The `Authorization` header value that carries this token (`push-head --url`).
+    pub(super) fn authorization(&self) -> String {
+        format!("Bearer {}", String::from_utf8_lossy(&self.secret))
+    }
+
     /// A fresh HMAC-SHA256 keyed with the secret: what signs and checks rollout commands.
     pub(super) fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any length")

@@ -15,7 +15,7 @@
 //! - `rollout`: head installs from bytes, rollbacks, and the signed commands that ask for them.
 //! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
 //! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
-//! - `push`: `push-head`'s side: signed commands per board over a transport.
+//! - `push`: `push-head`'s side: signed commands per board over a transport (MQTT, or HTTP).
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
 //! `wire` → `auth`, `rollout`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
