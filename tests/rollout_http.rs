@@ -398,3 +398,86 @@ fn push_head_sends_the_token_only_over_https_or_to_this_machine() {
         assert!(started.elapsed() < Duration::from_secs(5), "{url}");
     }
 }
+
+/// Serves `bytes` to every GET on a free 127.0.0.1 port (plain http is allowed on loopback);
+/// returns the URL of the file and how many times it was fetched.
+fn file_server(bytes: Vec<u8>) -> (String, Arc<Mutex<usize>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/head.json", listener.local_addr().unwrap());
+    let fetched = Arc::new(Mutex::new(0));
+    let count = fetched.clone();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            *count.lock().unwrap() += 1;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = c.write_all(head.as_bytes());
+            let _ = c.write_all(&bytes);
+        }
+    });
+    (url, fetched)
+}
+
+#[test]
+fn a_head_fetched_by_url_is_checked_like_one_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = token_file(tmp.path());
+    let board = head_in(tmp.path(), "board", |_| {});
+    let first = sha256_of(&board);
+    let served = Served::start(&board, "127.0.0.1:0", &token);
+    let new = head_in(tmp.path(), "new", |h| {
+        h.classes = vec!["fourmis".into(), "abeilles".into()]
+    });
+    let new_sha = sha256_of(&new);
+    let (url, fetched) = file_server(std::fs::read(new.join("head.json")).unwrap());
+
+    // By hand, with a wrong sha256: fetched, refused, nothing changes.
+    let body = serde_json::json!({"url": url, "sha256": "0".repeat(64)}).to_string();
+    let (status, answer) = served.json("PUT", "/head", Some(TOKEN), body.as_bytes());
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the head's sha256 is {new_sha}")),
+        "{answer}"
+    );
+    assert_eq!(*fetched.lock().unwrap(), 1);
+    assert_eq!(served.health()["head"]["sha256"], first.as_str());
+
+    // Through push-head --head-url: fetched by the board and installed.
+    let (code, out, err) = push_head(
+        &[
+            "--head-url",
+            &url,
+            "--sha256",
+            &new_sha,
+            "--url",
+            &served.url(),
+        ],
+        &token,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("{}: ok, head {new_sha} (was {first})", served.url())
+    );
+    assert_eq!(*fetched.lock().unwrap(), 2);
+    served.wait_latest_from(&new_sha);
+    assert_eq!(sha256_of(&board), new_sha);
+
+    // Neither a sha256 in the query nor a JSON body: 400 saying what PUT /head takes.
+    let (status, answer) = served.json("PUT", "/head", Some(TOKEN), b"{\"head\": 1}");
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("?sha256=HEX"),
+        "{answer}"
+    );
+}
