@@ -55,11 +55,13 @@ fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
     d
 }
 
-fn sha256_of(dir: &Path) -> String {
+fn sha256_of_file(file: &Path) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(
-        std::fs::read(dir.join("head.json")).unwrap(),
-    ))
+    hex::encode(sha2::Sha256::digest(std::fs::read(file).unwrap()))
+}
+
+fn sha256_of(dir: &Path) -> String {
+    sha256_of_file(&dir.join("head.json"))
 }
 
 /// The token file `serve` and `push-head` read, mode 0600.
@@ -265,8 +267,8 @@ fn push_head_over_http_installs_refuses_and_rolls_back() {
     assert_eq!(health["rollout"]["ok"], true);
     assert_eq!(sha256_of(&board), new_sha, "written over the head file");
     assert_eq!(
-        std::fs::read(board.join("head.json.previous")).unwrap(),
-        std::fs::read(trained_head()).unwrap(),
+        sha256_of_file(&board.join("head.json.previous")),
+        first,
         "the replaced head is kept"
     );
 
