@@ -117,7 +117,8 @@ pub enum Command {
     Capture(CaptureArgs),
     /// List the known models (default), or fetch one: `models list`, `models fetch [NAME]`
     Models(ModelsArgs),
-    /// Install a head on running `serve`s (or roll back) through their MQTT broker, signed
+    /// Install a head on running `serve`s (or roll back): signed, through their MQTT broker, or
+    /// with the bearer token to each one's HTTP API (--url)
     PushHead(PushHeadArgs),
 }
 
