@@ -7,7 +7,8 @@
 //! - `mqtt-events` drives the connection: on every (re)connect it publishes `online`, the Home
 //!   Assistant discovery configs and the head state (all retained) and subscribes to `head/set`;
 //!   after a failure it waits (exponential backoff) and reconnects;
-//! - `mqtt-commands` runs rollout commands ([`super::rollout`]) and answers on `head/result`.
+//! - `mqtt-commands` runs rollout commands ([`super::rollout`]) and answers on `head/result`; the
+//!   retained `head` topic follows the running head whatever changed it (also HTTP and reloads).
 //!
 //! [`MqttTransport`] is the other end: what `push-head` sends commands with.
 
@@ -249,7 +250,6 @@ pub fn start(
                     {
                         log::warn!("MQTT: cannot answer a head command: {e}");
                     }
-                    publish_head_state(&svc, &client, &topics);
                 }
             }),
         )?);
@@ -267,6 +267,17 @@ fn refused(svc: &Service, board: &str, payload: &[u8], e: rollout::RolloutError)
         .unwrap_or_default();
     log::warn!("MQTT head command refused: {e}");
     rollout::answer(svc, board, &id, Err(e))
+}
+
+/// The running head and how many rollouts were tried: when either moves, the head topic is stale.
+type HeadKey = (String, u64);
+
+fn head_key(svc: &Service) -> HeadKey {
+    let tried = {
+        let s = lock(&svc.stats);
+        s.rollouts_ok + s.rollouts_refused
+    };
+    (svc.head().sha256.clone(), tried)
 }
 
 fn publish_head_state(svc: &Service, client: &Client, topics: &Topics) {
@@ -359,7 +370,17 @@ impl Events<'_> {
     fn run(&self, mut connection: Connection, commands: &mpsc::Sender<Vec<u8>>) {
         let mut backoff = Backoff::new();
         let mut was_up = false;
+        // What the retained head topic last said; a change by any path (an MQTT command, HTTP
+        // PUT /head or /rollback, a reload) is published within one poll.
+        let mut announced: Option<HeadKey> = None;
         while !self.svc.stopping() {
+            if was_up {
+                let now = head_key(self.svc);
+                if announced.as_ref() != Some(&now) {
+                    publish_head_state(self.svc, self.client, self.topics);
+                    announced = Some(now);
+                }
+            }
             match connection.recv_timeout(POLL) {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -369,6 +390,7 @@ impl Events<'_> {
                     backoff.reset();
                     self.set_connected(true);
                     self.on_connect();
+                    announced = Some(head_key(self.svc));
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     if p.topic == self.topics.head_set() {
