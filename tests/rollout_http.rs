@@ -80,7 +80,7 @@ struct Served {
 }
 
 impl Served {
-    fn start(head: &Path, listen: &str, token: &Path) -> Served {
+    fn start(head: &Path, listen: &str, token: &Path, extra: &[&str]) -> Served {
         let mut child = edge_command()
             .arg("serve")
             .args([
@@ -91,6 +91,7 @@ impl Served {
                 "--token-file",
                 s(token),
             ])
+            .args(extra)
             .arg("--source")
             .arg(shared().join("datasets/hymenoptera/val/bees"))
             .args(["--fps", "4"])
@@ -241,7 +242,7 @@ fn push_head_over_http_installs_refuses_and_rolls_back() {
     let token = token_file(tmp.path());
     let board = head_in(tmp.path(), "board", |_| {});
     let first = sha256_of(&board);
-    let served = Served::start(&board, "127.0.0.1:0", &token);
+    let served = Served::start(&board, "127.0.0.1:0", &token, &[]);
     served.wait_latest_from(&first);
 
     // A new head (other class names) through push-head --url.
@@ -359,7 +360,7 @@ fn beyond_loopback_put_head_needs_the_token() {
     let token = token_file(tmp.path());
     let board = head_in(tmp.path(), "board", |_| {});
     let first = sha256_of(&board);
-    let served = Served::start(&board, "0.0.0.0:0", &token);
+    let served = Served::start(&board, "0.0.0.0:0", &token, &[]);
     let new = head_in(tmp.path(), "new", |h| {
         h.classes = vec!["fourmis".into(), "abeilles".into()]
     });
@@ -433,7 +434,7 @@ fn a_head_fetched_by_url_is_checked_like_one_sent() {
     let token = token_file(tmp.path());
     let board = head_in(tmp.path(), "board", |_| {});
     let first = sha256_of(&board);
-    let served = Served::start(&board, "127.0.0.1:0", &token);
+    let served = Served::start(&board, "127.0.0.1:0", &token, &[]);
     let new = head_in(tmp.path(), "new", |h| {
         h.classes = vec!["fourmis".into(), "abeilles".into()]
     });
@@ -482,4 +483,131 @@ fn a_head_fetched_by_url_is_checked_like_one_sent() {
         answer["error"].as_str().unwrap().contains("?sha256=HEX"),
         "{answer}"
     );
+}
+
+/// A Mosquitto broker on a free loopback port (anonymous: this test is about the board's
+/// reports, not the broker's authentication, which tests/mqtt.rs covers).
+#[cfg(feature = "mqtt")]
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+#[cfg(feature = "mqtt")]
+impl Broker {
+    /// None (the test skips) where mosquitto is not installed, unless CI requires it.
+    fn start(dir: &Path) -> Option<Broker> {
+        if std::process::Command::new("mosquitto")
+            .arg("-h")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("EDGE_MNV2_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
+                "mosquitto is not installed and EDGE_MNV2_REQUIRE_MOSQUITTO=1"
+            );
+            eprintln!("SKIPPED: mosquitto is not installed (apt-get install mosquitto)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .args(["-c", s(&conf)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let broker = Broker { child, port };
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(broker)
+    }
+}
+
+#[cfg(feature = "mqtt")]
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a message on `topic` (retained or new) that `f` accepts; returns it.
+#[cfg(feature = "mqtt")]
+fn wait_message(port: u16, topic: &str, f: impl Fn(&Value) -> bool) -> Value {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let o = MqttOptions::new(
+        format!("rollout-test-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    let (client, mut connection) = Client::new(o, 16);
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            connection.recv_timeout(Duration::from_millis(100))
+        {
+            let v: Value = serde_json::from_slice(&p.payload).unwrap();
+            if f(&v) {
+                return v;
+            }
+            seen.push(v);
+        }
+    }
+    panic!("no matching message on {topic}; saw {seen:?}");
+}
+
+/// With `--mqtt`, a head installed over HTTP shows on the board's retained `head` topic too.
+#[cfg(feature = "mqtt")]
+#[test]
+fn an_http_install_updates_the_retained_mqtt_head_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(broker) = Broker::start(tmp.path()) else {
+        return;
+    };
+    let token = token_file(tmp.path());
+    let board = head_in(tmp.path(), "board", |_| {});
+    let first = sha256_of(&board);
+    let mqtt = format!("mqtt://127.0.0.1:{}", broker.port);
+    let served = Served::start(
+        &board,
+        "127.0.0.1:0",
+        &token,
+        &["--mqtt", &mqtt, "--board", "b1"],
+    );
+    served.wait_latest_from(&first);
+    wait_message(broker.port, "edge-mnv2/b1/head", |v| {
+        v["sha256"] == first.as_str()
+    });
+    let new = head_in(tmp.path(), "new", |h| {
+        h.classes = vec!["fourmis".into(), "abeilles".into()]
+    });
+    let new_sha = sha256_of(&new);
+    let (status, answer) = served.json(
+        "PUT",
+        &format!("/head?sha256={new_sha}"),
+        Some(TOKEN),
+        &std::fs::read(new.join("head.json")).unwrap(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let state = wait_message(broker.port, "edge-mnv2/b1/head", |v| {
+        v["sha256"] == new_sha.as_str()
+    });
+    assert_eq!(state["classes"][1], "abeilles");
+    assert_eq!(state["rollout"]["action"], "install");
+    assert_eq!(state["rollout"]["ok"], true);
 }
