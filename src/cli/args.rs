@@ -117,7 +117,8 @@ pub enum Command {
     Capture(CaptureArgs),
     /// List the known models (default), or fetch one: `models list`, `models fetch [NAME]`
     Models(ModelsArgs),
-    /// Install a head on running `serve`s (or roll back) through their MQTT broker, signed
+    /// Install a head on running `serve`s (or roll back): signed, through their MQTT broker, or
+    /// with the bearer token to each one's HTTP API (--url)
     PushHead(PushHeadArgs),
 }
 
@@ -405,11 +406,21 @@ pub struct PushHeadArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
     /// The MQTT broker the boards use: mqtt://HOST:PORT or mqtts://HOST:PORT
-    #[arg(long, value_name = "URL")]
-    pub broker: String,
-    /// Board names, comma-separated
-    #[arg(long, value_name = "A,B", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "url",
+        conflicts_with = "url",
+        requires = "boards"
+    )]
+    pub broker: Option<String>,
+    /// Board names, comma-separated (with --broker)
+    #[arg(long, value_name = "A,B", value_delimiter = ',', requires = "broker")]
     pub boards: Vec<String>,
+    /// Instead of a broker: a board's HTTP API, https://HOST:PORT (plain http:// only on this
+    /// machine); repeat for more boards
+    #[arg(long, value_name = "URL")]
+    pub url: Vec<String>,
     /// Broker user name
     #[arg(long, value_name = "USER")]
     pub username: Option<String>,

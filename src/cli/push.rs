@@ -1,24 +1,33 @@
 //! `push-head`: signs a head install (or a rollback) for each board and sends it through the
-//! boards' MQTT broker, then prints each board's answer. Exit 1 unless every board accepted.
+//! boards' MQTT broker, or to each board's HTTP API (`--url`), then prints each board's answer.
+//! Exit 1 unless every board accepted.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
 
-use edge_mnv2::serve::push::{self, HeadTransport, Payload};
-use edge_mnv2::serve::rollout::Token;
+use edge_mnv2::serve::auth::Token;
+use edge_mnv2::serve::push::{self, HeadTransport, HttpTransport, Payload};
 use edge_mnv2::serve::topics::{check_board, BrokerUrl};
 
 use super::args::PushHeadArgs;
 
 pub fn push_head(args: &PushHeadArgs) -> Result<ExitCode> {
     let token = Token::load(&args.token_file)?;
-    let boards = args
-        .boards
-        .iter()
-        .map(|b| check_board(b.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Over HTTP a board is its URL.
+    let boards = match &args.broker {
+        Some(_) => args
+            .boards
+            .iter()
+            .map(|b| check_board(b.trim()).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?,
+        None => args
+            .url
+            .iter()
+            .map(|u| push::check_board_url(u).map(|()| u.clone()))
+            .collect::<Result<Vec<_>>>()?,
+    };
     let payload = match (&args.head, &args.head_url, args.rollback) {
         (Some(dir), _, _) => Payload::from_head(dir)?,
         (None, Some(url), _) => {
@@ -34,7 +43,10 @@ pub fn push_head(args: &PushHeadArgs) -> Result<ExitCode> {
         Some(p) => Some(super::serve::read_secret(p)?),
         None => None,
     };
-    let mut transport = transport(args, password.as_deref())?;
+    let mut transport: Box<dyn HeadTransport> = match &args.broker {
+        Some(broker) => mqtt_transport(args, broker, password.as_deref())?,
+        None => Box::new(HttpTransport::new(&token)),
+    };
     let commands = push::commands(&token, &boards, &payload);
     let answers = transport.push(&commands, Duration::from_secs(args.timeout));
     let mut all_ok = true;
@@ -69,8 +81,12 @@ pub fn push_head(args: &PushHeadArgs) -> Result<ExitCode> {
 }
 
 #[cfg(feature = "mqtt")]
-fn transport(args: &PushHeadArgs, password: Option<&str>) -> Result<Box<dyn HeadTransport>> {
-    let broker = BrokerUrl::parse(&args.broker)?;
+fn mqtt_transport(
+    args: &PushHeadArgs,
+    broker: &str,
+    password: Option<&str>,
+) -> Result<Box<dyn HeadTransport>> {
+    let broker = BrokerUrl::parse(broker)?;
     Ok(Box::new(edge_mnv2::serve::mqtt::MqttTransport::connect(
         &broker,
         args.username.as_deref(),
@@ -81,7 +97,11 @@ fn transport(args: &PushHeadArgs, password: Option<&str>) -> Result<Box<dyn Head
 }
 
 #[cfg(not(feature = "mqtt"))]
-fn transport(args: &PushHeadArgs, _password: Option<&str>) -> Result<Box<dyn HeadTransport>> {
-    BrokerUrl::parse(&args.broker)?;
+fn mqtt_transport(
+    _args: &PushHeadArgs,
+    broker: &str,
+    _password: Option<&str>,
+) -> Result<Box<dyn HeadTransport>> {
+    BrokerUrl::parse(broker)?;
     anyhow::bail!("--broker: this edge-mnv2 was built without the `mqtt` feature")
 }

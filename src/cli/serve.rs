@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use edge_mnv2::serve::auth::{self, ApiToken};
-use edge_mnv2::serve::rollout::Token;
+use edge_mnv2::serve::auth::{self, Token};
 use edge_mnv2::serve::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics};
 use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
 use edge_mnv2::source::{CameraSettings, SourceSpec};
@@ -85,12 +84,14 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     } else {
         Some(cfg.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into()))
     };
-    let token = cfg.token_file.as_deref().map(ApiToken::load).transpose()?;
+    // Read once: the HTTP bearer token and the MQTT commands' HMAC key are the same secret.
+    let token = cfg.token_file.as_deref().map(Token::load).transpose()?;
     let insecure_no_token = cfg.insecure_no_token == Some(true);
     if let Some(listen) = &listen {
         // Before the model loads: a refused start-up should not take seconds.
         auth::check_listen(listen, token.as_ref(), insecure_no_token)?;
     }
+    let mqtt = mqtt_settings(&cfg, token.clone())?;
     let opts = ServeOptions {
         source: SourceSpec::parse(cfg.source.as_deref().unwrap_or(DEFAULT_SOURCE)),
         camera,
@@ -101,7 +102,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         listen,
         token,
         insecure_no_token,
-        mqtt: mqtt_settings(&cfg)?,
+        mqtt,
         head,
     };
     // The backbone the head was trained on, as `predict` loads it; reloads replace only the head.
@@ -121,8 +122,9 @@ pub fn read_secret(path: &std::path::Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-/// The MQTT settings when `mqtt` is given, checked (URL, board name, files) before starting.
-fn mqtt_settings(cfg: &ServeConfig) -> Result<Option<MqttSettings>> {
+/// The MQTT settings when `mqtt` is given, checked (URL, board name, files) before starting;
+/// `token` is the one `token_file` holds.
+fn mqtt_settings(cfg: &ServeConfig, token: Option<Token>) -> Result<Option<MqttSettings>> {
     let Some(url) = &cfg.mqtt else {
         return Ok(None);
     };
@@ -148,7 +150,6 @@ fn mqtt_settings(cfg: &ServeConfig) -> Result<Option<MqttSettings>> {
         .as_deref()
         .map(read_secret)
         .transpose()?;
-    let token = cfg.token_file.as_deref().map(Token::load).transpose()?;
     Ok(Some(MqttSettings {
         broker,
         username: cfg.mqtt_username.clone(),

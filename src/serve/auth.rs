@@ -1,6 +1,7 @@
-//! Who may change the service or make it infer: the API token ([`ApiToken`]), read from a file
-//! and compared in constant time, and the start-up rule that a service reachable beyond this
-//! machine has one ([`check_exposure`]).
+//! Who may change the service or make it infer: the board's token ([`Token`]), read once from its
+//! file and used both ways — the HTTP bearer credential, compared in constant time, and the key of
+//! the HMAC-SHA256 that signs MQTT head rollout commands — and the start-up rule that a service
+//! reachable beyond this machine has one ([`check_exposure`]).
 //!
 //! The rule at request time lives in one place, [`needs_token`]: every method but `GET` (state
 //! changes and inference) needs the token when one is configured. An endpoint added later is
@@ -9,6 +10,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -36,16 +38,18 @@ pub enum TokenError {
     Malformed { path: PathBuf },
 }
 
-/// The API token, kept only as its SHA-256: comparisons hash what a client presents, so they take
-/// the same time whatever its length or how much of it is right.
+/// The board's token. Bearer checks compare SHA-256 digests (what a client presents is hashed),
+/// so they take the same time whatever its length or how much of it is right; the secret itself is
+/// kept only because the HMAC needs it as its key.
 #[derive(Clone)]
-pub struct ApiToken {
+pub struct Token {
+    secret: Vec<u8>,
     digest: [u8; 32],
 }
 
-impl std::fmt::Debug for ApiToken {
+impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiToken(..)")
+        f.write_str("Token(..)")
     }
 }
 
@@ -53,10 +57,10 @@ fn valid_secret(secret: &str) -> bool {
     secret.len() >= MIN_TOKEN_LEN && secret.bytes().all(|b| b.is_ascii_graphic())
 }
 
-impl ApiToken {
+impl Token {
     /// The token in `path`: one line (surrounding whitespace is ignored), not readable by every
     /// user, at least [`MIN_TOKEN_LEN`] visible ASCII characters.
-    pub fn load(path: &Path) -> Result<ApiToken, TokenError> {
+    pub fn load(path: &Path) -> Result<Token, TokenError> {
         let read_err = |source| TokenError::Read {
             path: path.to_path_buf(),
             source,
@@ -87,14 +91,25 @@ impl ApiToken {
                 path: path.to_path_buf(),
             });
         }
-        Ok(ApiToken::from_secret(secret))
+        Ok(Token::from_secret(secret))
     }
 
-    /// A token from its secret text (tests, fuzzing); [`ApiToken::load`] checks the text first.
-    pub fn from_secret(secret: &str) -> ApiToken {
-        ApiToken {
+    /// A token from its secret text (tests, fuzzing); [`Token::load`] checks the text first.
+    pub fn from_secret(secret: &str) -> Token {
+        Token {
+            secret: secret.as_bytes().to_vec(),
             digest: Sha256::digest(secret.as_bytes()).into(),
         }
+    }
+
+    /// The `Authorization` header value that carries this token (`push-head --url`).
+    pub(super) fn authorization(&self) -> String {
+        format!("Bearer {}", String::from_utf8_lossy(&self.secret))
+    }
+
+    /// A fresh HMAC-SHA256 keyed with the secret: what signs and checks rollout commands.
+    pub(super) fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any length")
     }
 
     /// Whether an `Authorization` header value is `Bearer <this token>`.
@@ -128,7 +143,7 @@ pub fn needs_token(method: &str) -> bool {
 pub fn check_exposure(
     listen: &str,
     addrs: &[SocketAddr],
-    token: Option<&ApiToken>,
+    token: Option<&Token>,
     insecure_no_token: bool,
 ) -> anyhow::Result<()> {
     let beyond = addrs.iter().find(|a| !a.ip().is_loopback());
@@ -146,7 +161,7 @@ pub fn check_exposure(
 /// [`check_exposure`] on what `listen` resolves to (before the model is loaded, to fail fast).
 pub fn check_listen(
     listen: &str,
-    token: Option<&ApiToken>,
+    token: Option<&Token>,
     insecure_no_token: bool,
 ) -> anyhow::Result<()> {
     let addrs: Vec<SocketAddr> = listen
@@ -164,7 +179,7 @@ mod tests {
 
     #[test]
     fn only_the_exact_bearer_token_is_accepted() {
-        let t = ApiToken::from_secret(SECRET);
+        let t = Token::from_secret(SECRET);
         assert!(t.accepts(format!("Bearer {SECRET}").as_bytes()));
         assert!(t.accepts(format!("bearer  {SECRET} ").as_bytes()));
         for wrong in [
@@ -199,7 +214,7 @@ mod tests {
         };
         let err = |text: &str, mode: u32| {
             write(text, mode);
-            let e = ApiToken::load(&p).unwrap_err().to_string();
+            let e = Token::load(&p).unwrap_err().to_string();
             assert!(
                 e.starts_with(&p.display().to_string()) && !e.contains('\n'),
                 "{e}"
@@ -207,7 +222,7 @@ mod tests {
             e
         };
         write(&format!("{SECRET}\n"), 0o600);
-        assert!(ApiToken::load(&p)
+        assert!(Token::load(&p)
             .unwrap()
             .accepts(format!("Bearer {SECRET}").as_bytes()));
         assert!(err(" \n", 0o600).contains("empty"));
@@ -215,7 +230,7 @@ mod tests {
         assert!(err("short", 0o600).contains("at least 16"));
         assert!(err("has a space in the middle", 0o640).contains("visible ASCII"));
         std::fs::remove_file(&p).unwrap();
-        assert!(ApiToken::load(&p)
+        assert!(Token::load(&p)
             .unwrap_err()
             .to_string()
             .contains("cannot read token file"));
@@ -223,7 +238,7 @@ mod tests {
 
     #[test]
     fn beyond_loopback_needs_a_token_or_the_opt_out() {
-        let t = ApiToken::from_secret(SECRET);
+        let t = Token::from_secret(SECRET);
         assert!(check_listen("127.0.0.1:0", None, false).is_ok());
         assert!(check_listen("[::1]:0", None, false).is_ok());
         let e = check_listen("0.0.0.0:8080", None, false).unwrap_err();

@@ -9,6 +9,10 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /classify`: image bytes in, prediction out.
 //! - `POST /reload`: reload the head (409 and the old head kept when the new one is refused).
+//! - `PUT /head?sha256=HEX` with the head file as the body, or `PUT /head` with a JSON body
+//!   `{"url": "https://…", "sha256": "HEX"}` the board fetches it from: install a head
+//!   ([`Service::install_from`]); `POST /rollback`: put the previous one back. Both answer a
+//!   [`RolloutAnswer`]: 200, or 4xx/5xx with the reason and the running head unchanged.
 //!
 //! With a token configured, every method but GET needs it ([`super::auth::needs_token`]).
 
@@ -22,12 +26,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::auth::{check_exposure, ApiToken};
+use super::auth::{check_exposure, Token};
+use super::rollout::{HeadChange, HeadSource, RolloutAnswer, RolloutError};
 use super::service::{round, ImagePrediction, Service};
-use super::wire::{self, Api, Ending, Endpoint, Reply, Transport};
+use super::wire::{self, Api, Ending, Endpoint, Reply, Request, Transport};
 use crate::preprocess;
 
 pub use super::wire::MAX_BODY;
@@ -145,8 +150,13 @@ impl<'a> Api for &'a ServiceApi {
         Ok(Ticket(Some(n)))
     }
 
-    fn call(&self, endpoint: Endpoint, body: Vec<u8>, _ticket: Ticket<'a>) -> Reply {
+    fn call(&self, request: Request, _ticket: Ticket<'a>) -> Reply {
         let svc = &*self.svc;
+        let Request {
+            endpoint,
+            query,
+            body,
+        } = request;
         match endpoint {
             Endpoint::Latest => match svc.latest() {
                 Some(v) => Reply::json(200, &v),
@@ -173,8 +183,54 @@ impl<'a> Api for &'a ServiceApi {
                     &json!({"reloaded": false, "error": format!("{e:#}"), "head": svc.head().sha256}),
                 ),
             },
+            Endpoint::Head => put_head(svc, &query, &body),
+            Endpoint::Rollback => rollout_reply(svc, svc.rollback()),
         }
     }
+}
+
+/// `PUT /head`'s body when the board is to fetch the head itself (the fields of the MQTT command).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadUrl {
+    url: String,
+    sha256: String,
+}
+
+/// `sha256=HEX` in the query: the body is the head file. Without it: the body is a [`HeadUrl`].
+fn put_head(svc: &Service, query: &str, body: &[u8]) -> Reply {
+    let sha256 = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sha256="));
+    let result = match sha256 {
+        Some(sha256) => svc.install_from(HeadSource::Bytes(body), Some(sha256)),
+        None => match serde_json::from_slice::<HeadUrl>(body) {
+            Ok(h) => svc.install_from(HeadSource::Url(&h.url), Some(&h.sha256)),
+            Err(e) => {
+                return Reply::error(
+                    400,
+                    format!(
+                        "PUT /head takes the head file with ?sha256=HEX, or a JSON body \
+                         {{\"url\": \"https://…\", \"sha256\": \"HEX\"}} ({e})"
+                    ),
+                )
+            }
+        },
+    };
+    rollout_reply(svc, result)
+}
+
+fn rollout_reply(svc: &Service, result: Result<HeadChange, RolloutError>) -> Reply {
+    let status = match &result {
+        Ok(_) => 200,
+        // What the client sent is wrong.
+        Err(RolloutError::Checksum { .. } | RolloutError::Command(_)) => 400,
+        // It does not fit this board (another backbone, no previous head).
+        Err(RolloutError::Refused(_) | RolloutError::NoPrevious(_)) => 409,
+        Err(RolloutError::Fetch(_)) => 502,
+        Err(RolloutError::Io(_)) => 500,
+    };
+    Reply::json(status, &RolloutAnswer::new(svc, result))
 }
 
 /// A TCP connection whose reads stop at a deadline however slowly bytes arrive.
@@ -210,7 +266,7 @@ impl Transport for TcpTransport {
 }
 
 /// Serves one accepted connection to its end.
-fn connection(stream: TcpStream, api: &ServiceApi, token: Option<&ApiToken>) {
+fn connection(stream: TcpStream, api: &ServiceApi, token: Option<&Token>) {
     let _ = stream.set_nodelay(true);
     if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
@@ -309,7 +365,7 @@ impl Refused {
 pub fn spawn(
     svc: Arc<Service>,
     addr: &str,
-    token: Option<ApiToken>,
+    token: Option<Token>,
     insecure_no_token: bool,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -385,7 +441,7 @@ pub fn spawn(
 /// how many bytes each read delivers (the rest: 1 to 128, as a network splits a request).
 pub fn fuzz_connection(input: &[u8]) -> Vec<u8> {
     let (first, input) = input.split_first().unwrap_or((&0, input));
-    let token = (first & 1 == 1).then(|| ApiToken::from_secret("fuzz-token-0123456789"));
+    let token = (first & 1 == 1).then(|| Token::from_secret("fuzz-token-0123456789"));
     let mut t = wire::MemoryTransport {
         input,
         max_read: usize::from(first >> 1) + 1,

@@ -3,22 +3,23 @@
 //! systemd notifications) and holds the two frame loops; the parts live in the submodules:
 //!
 //! - `slot`: the one-frame mailbox ([`FrameSlot`]) between capture and inference.
+//! - `backoff`: the waits before reopening a source or reconnecting to the broker.
 //! - `service`: [`Service`] (head, classification, health) and its typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
 //! - `config`: the TOML config file ([`ServeConfig`]).
-//! - `auth`: the API token and the rule that a service reachable beyond loopback has one.
+//! - `auth`: the board's token (HTTP bearer credential and HMAC key of rollout commands) and the
+//!   rule that a service reachable beyond loopback has one.
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
 //!   threads and the endpoints.
 //! - `wire`: HTTP/1.1 on one connection (feature `http`): parsing, deadlines, limits, answers.
 //! - `rollout`: head installs from bytes, rollbacks, and the signed commands that ask for them.
 //! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
 //! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
-//! - `push`: `push-head`'s side: signed commands per board over a transport.
-//! - `token`: the board's secret, the key of the commands' HMAC.
+//! - `push`: `push-head`'s side: signed commands per board over a transport (MQTT, or HTTP).
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `wire` → `auth`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
-//! `prometheus`, `token`.
+//! `wire` → `auth`, `rollout`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
+//! `prometheus`, `auth`; `mod.rs`, `mqtt` → `backoff`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -33,8 +34,10 @@ use anyhow::Context;
 use crate::backbone::Backbone;
 use crate::head::HeadFile;
 use crate::source::{CameraSettings, FrameSource, Pacer, SourceError, SourceSpec};
+use backoff::Backoff;
 
 pub mod auth;
+mod backoff;
 mod config;
 #[cfg(feature = "http")]
 pub mod http;
@@ -45,7 +48,6 @@ pub mod push;
 pub mod rollout;
 mod service;
 mod slot;
-mod token;
 pub mod topics;
 #[cfg(feature = "http")]
 mod wire;
@@ -57,37 +59,8 @@ pub use service::{
 };
 pub use slot::{Captured, FrameSlot};
 
-/// First and largest wait between attempts to reopen a failed source.
-const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often blocked threads look at the stop flag; bounds the shutdown time.
 const POLL: Duration = Duration::from_millis(100);
-
-/// The waits between attempts to reopen a failed source: 0.5 s, doubling up to 30 s, and back to
-/// 0.5 s once a source has delivered a frame.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: BACKOFF_START,
-        }
-    }
-
-    /// The wait before the next attempt; the one after it is twice as long, up to the maximum.
-    fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (wait * 2).min(BACKOFF_MAX);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_START;
-    }
-}
 
 /// Sleeps `d` in short steps, returning early (false) when the service stops.
 fn sleep_unless_stopped(svc: &Service, d: Duration) -> bool {
@@ -521,15 +494,5 @@ mod tests {
         );
         // The two frames the first camera gave reached the slot.
         assert_eq!(svc.slot.take(Duration::ZERO).map(|c| c.seq), Some(2));
-    }
-
-    #[test]
-    fn backoff_doubles_from_half_a_second_to_thirty_and_resets() {
-        let mut b = Backoff::new();
-        let waits: Vec<f64> = (0..9).map(|_| b.next_wait().as_secs_f64()).collect();
-        assert_eq!(waits, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]);
-        b.reset();
-        assert_eq!(b.next_wait(), Duration::from_millis(500));
-        assert_eq!(b.next_wait(), Duration::from_secs(1));
     }
 }

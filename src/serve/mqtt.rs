@@ -7,7 +7,8 @@
 //! - `mqtt-events` drives the connection: on every (re)connect it publishes `online`, the Home
 //!   Assistant discovery configs and the head state (all retained) and subscribes to `head/set`;
 //!   after a failure it waits (exponential backoff) and reconnects;
-//! - `mqtt-commands` runs rollout commands ([`super::rollout`]) and answers on `head/result`.
+//! - `mqtt-commands` runs rollout commands ([`super::rollout`]) and answers on `head/result`; the
+//!   retained `head` topic follows the running head whatever changed it (also HTTP and reloads).
 //!
 //! [`MqttTransport`] is the other end: what `push-head` sends commands with.
 
@@ -25,6 +26,7 @@ use rumqttc::{
 };
 use serde::Serialize;
 
+use super::backoff::Backoff;
 use super::prometheus::MqttStats;
 use super::push::{BoardCommand, HeadTransport};
 use super::rollout::{self, CommandGate, HeadAnswer, HeadCommand, RolloutStatus};
@@ -35,8 +37,6 @@ use super::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics, OFFLINE,
 /// Results waiting for the broker; beyond this the oldest are dropped.
 const QUEUE: usize = 64;
 const POLL: Duration = Duration::from_millis(100);
-const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Rollout commands carry a head file inline: allow well above a large head.
 const MAX_PACKET: usize = 40 << 20;
 
@@ -250,7 +250,6 @@ pub fn start(
                     {
                         log::warn!("MQTT: cannot answer a head command: {e}");
                     }
-                    publish_head_state(&svc, &client, &topics);
                 }
             }),
         )?);
@@ -268,6 +267,17 @@ fn refused(svc: &Service, board: &str, payload: &[u8], e: rollout::RolloutError)
         .unwrap_or_default();
     log::warn!("MQTT head command refused: {e}");
     rollout::answer(svc, board, &id, Err(e))
+}
+
+/// The running head and how many rollouts were tried: when either moves, the head topic is stale.
+type HeadKey = (String, u64);
+
+fn head_key(svc: &Service) -> HeadKey {
+    let tried = {
+        let s = lock(&svc.stats);
+        s.rollouts_ok + s.rollouts_refused
+    };
+    (svc.head().sha256.clone(), tried)
 }
 
 fn publish_head_state(svc: &Service, client: &Client, topics: &Topics) {
@@ -358,18 +368,29 @@ impl Events<'_> {
     }
 
     fn run(&self, mut connection: Connection, commands: &mpsc::Sender<Vec<u8>>) {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new();
         let mut was_up = false;
+        // What the retained head topic last said; a change by any path (an MQTT command, HTTP
+        // PUT /head or /rollback, a reload) is published within one poll.
+        let mut announced: Option<HeadKey> = None;
         while !self.svc.stopping() {
+            if was_up {
+                let now = head_key(self.svc);
+                if announced.as_ref() != Some(&now) {
+                    publish_head_state(self.svc, self.client, self.topics);
+                    announced = Some(now);
+                }
+            }
             match connection.recv_timeout(POLL) {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     log::info!("MQTT: connected to the broker");
                     was_up = true;
-                    backoff = BACKOFF_START;
+                    backoff.reset();
                     self.set_connected(true);
                     self.on_connect();
+                    announced = Some(head_key(self.svc));
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     if p.topic == self.topics.head_set() {
@@ -380,17 +401,17 @@ impl Events<'_> {
                 Ok(Err(e)) => {
                     self.set_connected(false);
                     let e = describe(&e);
+                    let wait = backoff.next_wait();
                     if was_up {
                         log::warn!("MQTT: connection lost ({e}); reconnecting");
                     } else {
-                        log::warn!("MQTT: cannot connect ({e}); retrying in {backoff:?}");
+                        log::warn!("MQTT: cannot connect ({e}); retrying in {wait:?}");
                     }
                     was_up = false;
-                    let end = Instant::now() + backoff;
+                    let end = Instant::now() + wait;
                     while !self.svc.stopping() && Instant::now() < end {
                         std::thread::sleep(POLL);
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }

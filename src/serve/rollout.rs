@@ -7,7 +7,9 @@
 //! under the board's token (the sha256 of a head proves its integrity, the HMAC proves who sent
 //! it). A body names its board and the time it was issued, and its id is remembered, so a
 //! command recorded off the wire cannot be replayed to another board, later, or twice.
-//! The transport (MQTT now, HTTP `PUT /head` next) only carries [`SignedCommand`]s and answers.
+//! The MQTT transport carries [`SignedCommand`]s and [`HeadAnswer`]s; HTTP (`PUT /head`,
+//! `POST /rollback`, behind the bearer token) calls [`Service::install_from`] and
+//! [`Service::rollback`] directly and answers a [`RolloutAnswer`].
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -19,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+pub use super::auth::Token;
 use super::service::Service;
 pub use super::service::{Action, RolloutStatus};
 use super::slot::lock;
-pub use super::token::Token;
 use crate::fsutil;
 use crate::head::head_file_path;
 use crate::loader;
@@ -48,6 +50,15 @@ pub enum RolloutError {
     Fetch(String),
     #[error("command refused: {0}")]
     Command(String),
+}
+
+/// Where a head to install comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum HeadSource<'a> {
+    /// The head file's bytes.
+    Bytes(&'a [u8]),
+    /// An https:// URL (or http:// on loopback) the board fetches it from.
+    Url(&'a str),
 }
 
 /// What an install or a rollback did: the head running now and the one it replaced.
@@ -98,6 +109,30 @@ impl Service {
         let result = self.rollback_unrecorded();
         self.record_rollout(Action::Rollback, &result);
         result
+    }
+
+    /// Installs the head from `source` with [`Service::install_head`], after fetching it if it
+    /// is a URL. Refusals before the head is checked (no sha256, the fetch failed) are recorded
+    /// too, so every outcome shows in `/healthz` and the metrics.
+    pub fn install_from(
+        &self,
+        source: HeadSource<'_>,
+        sha256: Option<&str>,
+    ) -> Result<HeadChange, RolloutError> {
+        let early = |e: RolloutError| {
+            self.record_refusal(Action::Install, &e);
+            Err(e)
+        };
+        let Some(sha256) = sha256.filter(|s| !s.trim().is_empty()) else {
+            return early(RolloutError::Command("install without a sha256".into()));
+        };
+        match source {
+            HeadSource::Bytes(bytes) => self.install_head(bytes, sha256),
+            HeadSource::Url(url) => match crate::fetch::fetch_bytes(url, MAX_HEAD_BYTES) {
+                Ok(bytes) => self.install_head(&bytes, sha256),
+                Err(e) => early(RolloutError::Fetch(e.to_string())),
+            },
+        }
     }
 
     fn install_unrecorded(&self, bytes: &[u8], expected: &str) -> Result<HeadChange, RolloutError> {
@@ -297,16 +332,15 @@ impl CommandGate {
 pub fn execute(svc: &Service, cmd: &HeadCommand) -> HeadAnswer {
     let result = match cmd.action {
         Action::Rollback => svc.rollback(),
-        Action::Install => match install_from(svc, cmd) {
-            Ok(change) => Ok(change),
-            Err(e) => {
-                // Refusals before install_head (no sha256, fetch failed) still count and show.
-                if !matches!(
-                    e,
-                    RolloutError::Checksum { .. } | RolloutError::Refused(_) | RolloutError::Io(_)
-                ) {
-                    svc.record_refusal(Action::Install, &e);
-                }
+        Action::Install => match (&cmd.head, &cmd.url) {
+            (Some(text), None) => {
+                svc.install_from(HeadSource::Bytes(text.as_bytes()), cmd.sha256.as_deref())
+            }
+            (None, Some(url)) => svc.install_from(HeadSource::Url(url), cmd.sha256.as_deref()),
+            _ => {
+                let e =
+                    RolloutError::Command("install needs exactly one of `head` and `url`".into());
+                svc.record_refusal(Action::Install, &e);
                 Err(e)
             }
         },
@@ -314,21 +348,31 @@ pub fn execute(svc: &Service, cmd: &HeadCommand) -> HeadAnswer {
     answer(svc, &cmd.board, &cmd.id, result)
 }
 
-fn install_from(svc: &Service, cmd: &HeadCommand) -> Result<HeadChange, RolloutError> {
-    let sha256 = cmd
-        .sha256
-        .as_deref()
-        .ok_or_else(|| RolloutError::Command("install without a sha256".into()))?;
-    match (&cmd.head, &cmd.url) {
-        (Some(text), None) => svc.install_head(text.as_bytes(), sha256),
-        (None, Some(url)) => {
-            let bytes = crate::fetch::fetch_bytes(url, MAX_HEAD_BYTES)
-                .map_err(|e| RolloutError::Fetch(e.to_string()))?;
-            svc.install_head(&bytes, sha256)
+/// The outcome of an install or a rollback, as HTTP answers it (and MQTT, inside [`HeadAnswer`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub ok: bool,
+    /// The head it replaced, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// The head running after it (the old one when it was refused).
+    pub sha256: String,
+}
+
+impl RolloutAnswer {
+    pub fn new(svc: &Service, result: Result<HeadChange, RolloutError>) -> RolloutAnswer {
+        let (ok, previous, error) = match result {
+            Ok(change) => (true, Some(change.previous), None),
+            Err(e) => (false, None, Some(e.to_string())),
+        };
+        RolloutAnswer {
+            error,
+            ok,
+            previous,
+            sha256: svc.head().sha256.clone(),
         }
-        _ => Err(RolloutError::Command(
-            "install needs exactly one of `head` and `url`".into(),
-        )),
     }
 }
 
@@ -339,17 +383,19 @@ pub fn answer(
     id: &str,
     result: Result<HeadChange, RolloutError>,
 ) -> HeadAnswer {
-    let (ok, previous, error) = match result {
-        Ok(change) => (true, Some(change.previous), None),
-        Err(e) => (false, None, Some(e.to_string())),
-    };
+    let RolloutAnswer {
+        error,
+        ok,
+        previous,
+        sha256,
+    } = RolloutAnswer::new(svc, result);
     HeadAnswer {
         board: board.to_string(),
         error,
         id: id.to_string(),
         ok,
         previous,
-        sha256: svc.head().sha256.clone(),
+        sha256,
     }
 }
 
@@ -373,7 +419,7 @@ mod tests {
     use super::*;
 
     fn token() -> Token {
-        Token::from_bytes(b"0123456789abcdef-board-token")
+        Token::from_secret("0123456789abcdef-board-token")
     }
 
     fn command(board: &str, id: &str) -> HeadCommand {
@@ -398,7 +444,7 @@ mod tests {
         let other_board = SignedCommand::sign(&token(), &command("b", "2"));
         assert!(gate.open(&other_board.0).is_err());
         let wrong_key = SignedCommand::sign(
-            &Token::from_bytes(b"another-token-of-16+"),
+            &Token::from_secret("another-token-of-16+"),
             &command("a", "3"),
         );
         let e = gate.open(&wrong_key.0).unwrap_err().to_string();

@@ -154,7 +154,7 @@ pub struct ServeOptions {
     /// HTTP listen address; `None` for no HTTP server.
     pub listen: Option<String>,
     /// Required for every HTTP method but GET when set ([`super::auth`]).
-    pub token: Option<super::auth::ApiToken>,
+    pub token: Option<super::auth::Token>,
     /// Serve beyond loopback without a token (the operator's explicit choice).
     pub insecure_no_token: bool,
     /// MQTT publishing and commands; `None` for none.

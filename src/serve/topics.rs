@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::token::Token;
+use super::auth::Token;
 
 pub const DEFAULT_PREFIX: &str = "edge-mnv2";
 pub const DISCOVERY_PREFIX: &str = "homeassistant";

@@ -11,7 +11,8 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::auth::{needs_token, ApiToken};
+use super::auth::{needs_token, Token};
+use super::rollout::MAX_HEAD_BYTES;
 
 /// Longest a request head may take to arrive (from its first byte, or from the end of the
 /// previous answer on a kept-alive connection, which is also how long an idle one is kept).
@@ -39,6 +40,19 @@ pub enum Endpoint {
     Metrics,
     Classify,
     Reload,
+    /// `PUT /head`: install a head ([`super::rollout`]).
+    Head,
+    /// `POST /rollback`: put the previous head back.
+    Rollback,
+}
+
+/// A routed request, as [`Api::call`] gets it.
+#[derive(Debug)]
+pub struct Request {
+    pub endpoint: Endpoint,
+    /// What follows `?` in the request target ("" when nothing does).
+    pub query: String,
+    pub body: Vec<u8>,
 }
 
 impl Endpoint {
@@ -50,6 +64,8 @@ impl Endpoint {
             "/metrics" => (Endpoint::Metrics, "GET"),
             "/classify" => (Endpoint::Classify, "POST"),
             "/reload" => (Endpoint::Reload, "POST"),
+            "/head" => (Endpoint::Head, "PUT"),
+            "/rollback" => (Endpoint::Rollback, "POST"),
             _ => {
                 return Err(Reply::error(
                     404,
@@ -72,6 +88,8 @@ impl Endpoint {
     pub fn max_body(self) -> usize {
         match self {
             Endpoint::Classify => MAX_BODY,
+            // A head file; novelty prototypes make a large one several MB.
+            Endpoint::Head => MAX_HEAD_BYTES as usize,
             _ => MAX_IGNORED_BODY,
         }
     }
@@ -133,7 +151,7 @@ pub trait Api {
     type Ticket;
     /// Admits a routed, authorised request before its body is read, or answers it (429).
     fn admit(&self, endpoint: Endpoint) -> Result<Self::Ticket, Reply>;
-    fn call(&self, endpoint: Endpoint, body: Vec<u8>, ticket: Self::Ticket) -> Reply;
+    fn call(&self, request: Request, ticket: Self::Ticket) -> Reply;
 }
 
 /// How a connection ended.
@@ -157,6 +175,7 @@ enum HeadError {
 struct Head {
     method: String,
     path: String,
+    query: String,
     content_length: usize,
     close: bool,
     expect_continue: bool,
@@ -165,11 +184,7 @@ struct Head {
 
 /// Serves requests on one connection until it closes, a deadline passes or an answer requires
 /// closing. `token`: required (for methods [`needs_token`] names) when `Some`.
-pub fn serve_connection<T: Transport, A: Api>(
-    t: &mut T,
-    api: &A,
-    token: Option<&ApiToken>,
-) -> Ending {
+pub fn serve_connection<T: Transport, A: Api>(t: &mut T, api: &A, token: Option<&Token>) -> Ending {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         t.set_read_deadline(Instant::now() + HEAD_TIMEOUT);
@@ -213,6 +228,7 @@ pub fn serve_connection<T: Transport, A: Api>(
                     413,
                     match endpoint {
                         Endpoint::Classify => format!("image larger than {MAX_BODY} bytes"),
+                        Endpoint::Head => format!("head file larger than {MAX_HEAD_BYTES} bytes"),
                         _ => format!("{} takes no body", head.path),
                     },
                 ),
@@ -246,7 +262,12 @@ pub fn serve_connection<T: Transport, A: Api>(
             }
             Err(_) => return Ending::Close,
         };
-        let reply = api.call(endpoint, body, ticket);
+        let request = Request {
+            endpoint,
+            query: head.query,
+            body,
+        };
+        let reply = api.call(request, ticket);
         if write_reply(t, &reply, head.close).is_err() || head.close {
             return Ending::Close;
         }
@@ -361,9 +382,11 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
             authorization = Some(value.to_vec());
         }
     }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Ok(Head {
         method: method.to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
         content_length: content_length.unwrap_or(0),
         close,
         expect_continue,
@@ -402,6 +425,7 @@ fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "",
     }
@@ -474,10 +498,14 @@ impl Api for EchoApi {
     fn admit(&self, _: Endpoint) -> Result<(), Reply> {
         Ok(())
     }
-    fn call(&self, endpoint: Endpoint, body: Vec<u8>, (): ()) -> Reply {
+    fn call(&self, request: Request, (): ()) -> Reply {
         Reply::json(
             200,
-            &serde_json::json!({"endpoint": format!("{endpoint:?}"), "body": body.len()}),
+            &serde_json::json!({
+                "endpoint": format!("{:?}", request.endpoint),
+                "body": request.body.len(),
+                "query": request.query,
+            }),
         )
     }
 }
@@ -498,7 +526,7 @@ mod tests {
             max_read,
             output: Vec::new(),
         };
-        let token = token.map(ApiToken::from_secret);
+        let token = token.map(Token::from_secret);
         let ending = serve_connection(&mut t, &EchoApi, token.as_ref());
         (String::from_utf8_lossy(&t.output).into_owned(), ending)
     }
@@ -517,7 +545,10 @@ mod tests {
             None,
         );
         assert_eq!(statuses(&out), [200, 200, 404], "{out}");
-        assert!(out.contains(r#"{"body":3,"endpoint":"Classify"}"#), "{out}");
+        assert!(
+            out.contains(r#"{"body":3,"endpoint":"Classify","query":"x=1"}"#),
+            "{out}"
+        );
     }
 
     #[test]
@@ -580,6 +611,42 @@ mod tests {
             None,
         );
         assert_eq!(out, "");
+    }
+
+    #[test]
+    fn head_uploads_take_a_head_sized_body_and_the_token() {
+        let auth = format!("Authorization: Bearer {SECRET}\r\n");
+        let req = format!("PUT /head?sha256=ab12 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc");
+        let (out, _) = run(req.as_bytes(), Some(SECRET));
+        assert!(
+            out.contains(r#"{"body":3,"endpoint":"Head","query":"sha256=ab12"}"#),
+            "{out}"
+        );
+        // Several MB (a head with novelty prototypes) is admitted, beyond the limit is not.
+        let big = format!("PUT /head HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 6 << 20);
+        let (out, _) = run(big.as_bytes(), None);
+        assert_eq!(out, "", "admitted, then cut short by the peer: {out}");
+        let huge = format!(
+            "PUT /head HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_HEAD_BYTES + 1
+        );
+        assert_eq!(statuses(&run(huge.as_bytes(), None).0), [413]);
+        for req in [
+            "PUT /head HTTP/1.1\r\n\r\n",
+            "POST /rollback HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                statuses(&run(req.as_bytes(), Some(SECRET)).0),
+                [401],
+                "{req}"
+            );
+        }
+        assert_eq!(
+            statuses(&run(b"POST /head HTTP/1.1\r\n\r\n", None).0),
+            [405]
+        );
+        let (out, _) = run(b"POST /rollback HTTP/1.1\r\n\r\n", None);
+        assert!(out.contains(r#""endpoint":"Rollback""#), "{out}");
     }
 
     #[test]
