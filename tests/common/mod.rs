@@ -1,6 +1,8 @@
 //! Paths to the shared read-only models and datasets beside the checkout, and small helpers.
 #![allow(dead_code)]
 
+pub mod http_server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -112,6 +114,16 @@ pub fn edge_command() -> Command {
     ] {
         cmd.env_remove(var);
     }
+    cmd
+}
+
+/// `models fetch` and friends: downloads go to `cache`, run in `cwd`, and no model directory is
+/// searched but the cache (the shared models would otherwise count as a verified copy).
+pub fn fetch_command(cache: &Path, cwd: &Path) -> Command {
+    let mut cmd = edge_command();
+    cmd.current_dir(cwd)
+        .env("EDGE_MNV2_MODEL_CACHE", cache)
+        .env_remove("EDGE_MNV2_MODELS");
     cmd
 }
 
