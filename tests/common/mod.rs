@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod served;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -133,6 +134,21 @@ pub fn edge_in(args: &[&str], cwd: &Path) -> Output {
         .current_dir(cwd)
         .output()
         .expect("running edge-mnv2")
+}
+
+/// Runs the binary with the embedding cache in `cache` (a test's own, to count what it embeds).
+pub fn edge_cached(args: &[&str], cache: &Path) -> Output {
+    edge_command()
+        .args(args)
+        .env("EDGE_MNV2_CACHE", cache)
+        .output()
+        .expect("running edge-mnv2")
+}
+
+/// The JSON on stdout of a run that must have succeeded.
+pub fn ok_json(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
 pub fn stdout(o: &Output) -> String {
