@@ -87,11 +87,11 @@ fn folder_label(source: &str) -> String {
         .into_owned()
 }
 
-/// `predict`'s label for each file.
+/// `predict`'s (label, confidence) for each file.
 fn predict_labels<'a>(
     head: &Path,
     files: impl Iterator<Item = &'a String>,
-) -> std::collections::BTreeMap<String, String> {
+) -> std::collections::BTreeMap<String, (String, f64)> {
     let o = edge_command()
         .args(["predict", "--head", s(head), "--json"])
         .args(files)
@@ -106,7 +106,8 @@ fn predict_labels<'a>(
                 .as_str()
                 .unwrap_or_else(|| panic!("{v}"))
                 .to_string();
-            (file, v["label"].as_str().unwrap().to_string())
+            let label = v["label"].as_str().unwrap().to_string();
+            (file, (label, v["confidence"].as_f64().unwrap()))
         })
         .collect()
 }
@@ -146,7 +147,13 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
             assert!(!l[key].is_null(), "{key} missing in {l}");
         }
         let source = l["source"].as_str().unwrap();
-        served_labels.insert(source.to_string(), l["label"].as_str().unwrap().to_string());
+        served_labels.insert(
+            source.to_string(),
+            (
+                l["label"].as_str().unwrap().to_string(),
+                l["confidence"].as_f64().unwrap(),
+            ),
+        );
         if l["label"] == folder_label(source) {
             correct += 1;
         }
@@ -159,8 +166,21 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
         correct as f64 / n_val as f64
     );
     // The service runs the same decode, preprocessing, backbone and head as `predict`: the same
-    // label for every image, not merely a similar accuracy.
-    assert_eq!(served_labels, predict_labels(&head, served_labels.keys()));
+    // label for every image, not merely a similar accuracy, and the same confidence (serve rounds
+    // it to 6 decimals), so a drift in decoding or preprocessing shows even without a label flip.
+    let predicted = predict_labels(&head, served_labels.keys());
+    assert_eq!(
+        served_labels.keys().collect::<Vec<_>>(),
+        predicted.keys().collect::<Vec<_>>()
+    );
+    for (file, (label, confidence)) in &served_labels {
+        let (p_label, p_confidence) = &predicted[file];
+        assert_eq!(label, p_label, "{file}");
+        assert!(
+            (confidence - p_confidence).abs() <= 1e-6,
+            "{file}: serve confidence {confidence}, predict {p_confidence}"
+        );
+    }
 
     let (code, body) = http(&addr, "GET", "/healthz", b"");
     assert_eq!(code, 200, "{body}");
