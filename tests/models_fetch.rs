@@ -369,10 +369,20 @@ fn all_fetches_every_pinned_entry_once() {
 /// is the same at 10 s and 30 s, CI just does not wait for it.
 const SHORT_TIMEOUT_MS: u64 = 300;
 
-/// Exit 1 naming `url`, both attempts (one retry) each ended by a timeout: not before two
-/// timeouts have passed, and long before the default ones would have.
-fn assert_timed_out_twice(s: &Scratch, out: &Output, url: &str, took: Duration) {
-    assert_failed_cleanly(s, out, url, "timeout");
+/// Fetches `url` with the short timeouts: exit 1 naming `url`, both attempts (one retry) each
+/// ended by a timeout, not before two timeouts have passed and long before the default ones
+/// would have.
+fn assert_times_out_twice(url: &str) {
+    let s = scratch();
+    let timeout = SHORT_TIMEOUT_MS.to_string();
+    let start = Instant::now();
+    let out = fetch_cmd(
+        &s,
+        &["models", "fetch", NAME, "--url", url],
+        &[("EDGE_MNV2_FETCH_TIMEOUT_MS", &timeout)],
+    );
+    let took = start.elapsed();
+    assert_failed_cleanly(&s, &out, url, "timeout");
     let short = Duration::from_millis(SHORT_TIMEOUT_MS);
     assert!(took >= 2 * short, "{took:?}: both attempts should wait");
     assert!(
@@ -396,16 +406,7 @@ fn a_stalled_server_times_out_and_is_retried_once() {
         ],
         Reply::Status("404 Not Found"),
     );
-    let s = scratch();
-    let url = model_url(&server);
-    let timeout = SHORT_TIMEOUT_MS.to_string();
-    let start = Instant::now();
-    let out = fetch_cmd(
-        &s,
-        &["models", "fetch", NAME, "--url", &url],
-        &[("EDGE_MNV2_FETCH_TIMEOUT_MS", &timeout)],
-    );
-    assert_timed_out_twice(&s, &out, &url, start.elapsed());
+    assert_times_out_twice(&model_url(&server));
     assert_eq!(model_requests(&server).len(), 2, "one retry expected");
 }
 
@@ -413,16 +414,7 @@ fn a_stalled_server_times_out_and_is_retried_once() {
 #[test]
 fn a_connection_that_never_opens_times_out() {
     let (base, _listener, _filler) = unanswered_port();
-    let s = scratch();
-    let url = format!("{base}/models/{FILE}");
-    let timeout = SHORT_TIMEOUT_MS.to_string();
-    let start = Instant::now();
-    let out = fetch_cmd(
-        &s,
-        &["models", "fetch", NAME, "--url", &url],
-        &[("EDGE_MNV2_FETCH_TIMEOUT_MS", &timeout)],
-    );
-    assert_timed_out_twice(&s, &out, &url, start.elapsed());
+    assert_times_out_twice(&format!("{base}/models/{FILE}"));
 }
 
 /// A connection that fails once and then works: the retry stores the verified file.
