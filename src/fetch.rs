@@ -17,7 +17,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use ureq::http::Uri;
-use ureq::ResponseExt;
 
 use crate::models::{self, LabelFile, Manifest, ModelSpec};
 
@@ -29,6 +28,12 @@ pub const BASE_URL_ENV: &str = "EDGE_MNV2_MODEL_BASE_URL";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a single read may wait for bytes: a stalled server fails instead of hanging.
 const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variable setting both timeouts above, in milliseconds: for a link slower than they
+/// allow, and for the tests, which show them firing without waiting half a minute.
+pub const TIMEOUT_ENV: &str = "EDGE_MNV2_FETCH_TIMEOUT_MS";
+/// Redirects followed before giving up; each hop is checked against [`check_url`] before it is
+/// contacted.
+const MAX_REDIRECTS: usize = 5;
 /// No model we know is near this; a server streaming without end must not fill the disk.
 const MAX_MODEL_BYTES: u64 = 512 << 20;
 /// Delay before the single retry of a transient failure (refused, reset, cut, timed out).
@@ -52,11 +57,13 @@ pub enum FetchError {
     Status { url: String, status: String },
     #[error("{url}: {reason}")]
     Connection { url: String, reason: String },
-    #[error("{url}: connection cut: got {got} of {expected} bytes")]
+    #[error("{url}: connection cut: got {got} of {expected} bytes ({reason})")]
     Truncated {
         url: String,
         got: u64,
         expected: u64,
+        /// What ended it: the I/O error (a timeout, a reset) or an early close.
+        reason: String,
     },
     #[error("{url}: larger than {limit} bytes, not a model file")]
     TooLarge { url: String, limit: u64 },
@@ -340,18 +347,7 @@ fn fetch_item(
 /// GETs `url` (https, or http on loopback) into memory, refusing bodies over `limit` bytes: for
 /// small files a caller verifies itself (a head delivered by URL and sha256).
 pub fn fetch_bytes(url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
-    check_url(url)?;
-    let response = agent()
-        .get(url)
-        .call()
-        .map_err(|e| FetchError::Connection {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
-    check_url(&response.get_uri().to_string()).map_err(|_| FetchError::InsecureUrl {
-        url: url.to_string(),
-        reason: format!("a redirect to {}", response.get_uri()),
-    })?;
+    let response = get(&agent(), url)?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::Status {
@@ -379,14 +375,92 @@ pub fn fetch_bytes(url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
 }
 
 fn agent() -> ureq::Agent {
+    let (connect, idle_read) = timeouts();
     ureq::Agent::config_builder()
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_per_read(Some(IDLE_READ_TIMEOUT))
+        .timeout_connect(Some(connect))
+        .timeout_per_read(Some(idle_read))
         // Statuses are reported by us, with the reason phrase and the URL.
         .http_status_as_error(false)
+        // Followed by hand in `get`: ureq would connect to a redirect's target before we could
+        // refuse it.
+        .max_redirects(0)
         .user_agent(concat!("edge-mnv2/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
+}
+
+/// (connect, idle read): the constants, or both from [`TIMEOUT_ENV`].
+fn timeouts() -> (Duration, Duration) {
+    let set = std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    match set {
+        Some(t) => (t, t),
+        None => (CONNECT_TIMEOUT, IDLE_READ_TIMEOUT),
+    }
+}
+
+/// GETs `url`, following up to [`MAX_REDIRECTS`] redirects, each target checked against
+/// [`check_url`] before anything connects to it. Errors name `url`, the one asked for.
+fn get(agent: &ureq::Agent, url: &str) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
+    check_url(url)?;
+    let mut current = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let response = agent
+            .get(&current)
+            .call()
+            .map_err(|e| FetchError::Connection {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        if !response.status().is_redirection() {
+            return Ok(response);
+        }
+        let location = response
+            .headers()
+            .get(ureq::http::header::LOCATION)
+            .and_then(|l| l.to_str().ok());
+        let Some(next) = location.and_then(|l| redirect_target(&current, l)) else {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: format!("{} without a usable Location", response.status().as_u16()),
+            });
+        };
+        check_url(&next).map_err(|_| FetchError::InsecureUrl {
+            url: url.to_string(),
+            reason: format!("a redirect to {next}"),
+        })?;
+        current = next;
+    }
+    Err(FetchError::Connection {
+        url: url.to_string(),
+        reason: format!("more than {MAX_REDIRECTS} redirects"),
+    })
+}
+
+/// The absolute URL a `Location` header points to from `base` (absolute, scheme-relative,
+/// absolute path or relative path).
+fn redirect_target(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.is_empty() {
+        return None;
+    }
+    let base: Uri = base.parse().ok()?;
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    if location.parse::<Uri>().is_ok_and(|u| u.scheme().is_some()) {
+        return Some(location.to_string());
+    }
+    if location.starts_with("//") {
+        return Some(format!("{scheme}:{location}"));
+    }
+    if location.starts_with('/') {
+        return Some(format!("{scheme}://{authority}{location}"));
+    }
+    let dir = base.path().rsplit_once('/').map_or("", |(dir, _)| dir);
+    Some(format!("{scheme}://{authority}{dir}/{location}"))
 }
 
 /// One attempt: GET `url` into a temporary file beside `dest`, verify, rename. Returns the size.
@@ -403,15 +477,7 @@ fn download_to(
         url: url.to_string(),
         reason,
     };
-    let response = agent
-        .get(url)
-        .call()
-        .map_err(|e| connection(e.to_string()))?;
-    // A redirect must not downgrade to plain http to another host.
-    check_url(&response.get_uri().to_string()).map_err(|_| FetchError::InsecureUrl {
-        url: url.to_string(),
-        reason: format!("a redirect to {}", response.get_uri()),
-    })?;
+    let response = get(agent, url)?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::Status {
@@ -462,6 +528,7 @@ fn download_to(
                         url: url.to_string(),
                         got,
                         expected,
+                        reason: e.to_string(),
                     },
                     None => connection(format!("connection cut after {got} bytes: {e}")),
                 })
@@ -489,6 +556,7 @@ fn download_to(
             url: url.to_string(),
             got,
             expected,
+            reason: "closed early".to_string(),
         });
     }
     let actual = hex::encode(hasher.finalize());
@@ -527,6 +595,21 @@ mod tests {
             let e = check_url(bad).unwrap_err();
             assert!(matches!(e, FetchError::InsecureUrl { .. }), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn redirect_targets_resolve_against_the_current_url() {
+        let base = "http://127.0.0.1:8080/models/a/m.tflite";
+        for (location, want) in [
+            ("https://example.org/x", "https://example.org/x"),
+            ("http://10.0.0.1/x", "http://10.0.0.1/x"),
+            ("//example.org/x", "http://example.org/x"),
+            ("/x/y", "http://127.0.0.1:8080/x/y"),
+            ("y.tflite", "http://127.0.0.1:8080/models/a/y.tflite"),
+        ] {
+            assert_eq!(redirect_target(base, location).as_deref(), Some(want));
+        }
+        assert_eq!(redirect_target(base, " "), None);
     }
 
     #[test]

@@ -195,3 +195,54 @@ fn calibrate_refuses_an_onnx_model() {
         "{err}"
     );
 }
+
+/// `--min-agreement` decides: on frames where f32's top-1 differs from LiteRT's int8 arithmetic
+/// (three hymenoptera/val images found so, near-ties between two classes), f32 agrees on fewer
+/// than all of them, so with `--min-agreement 1` every f32 row is out of budget and int8, the
+/// reference, is chosen whatever the timings.
+#[test]
+fn rows_below_min_agreement_are_out_of_budget_and_never_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let val = shared().join("datasets/hymenoptera/val");
+    let list: String = [
+        "ants/Hormiga.jpg",
+        "bees/1519368889_4270261ee3.jpg",
+        "bees/54736755_c057723f64.jpg",
+    ]
+    .iter()
+    .map(|f| format!("{}\n", val.join(f).display()))
+    .collect();
+    std::fs::write(images.join("images.txt"), list).unwrap();
+    let cal = dir.path().join("board.json");
+    let out = edge(&[
+        "calibrate",
+        "--images",
+        images.to_str().unwrap(),
+        "--threads",
+        THREADS,
+        "--runs",
+        "1",
+        "--min-agreement",
+        "1",
+        "--out",
+        cal.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert_eq!(v["min_top1_agreement"], 1.0, "{v}");
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 2 * THREADS.split(',').count(), "{v}");
+    for m in ms {
+        let agreement = m["top1_agreement"].as_f64().unwrap();
+        if m["precision"] == "int8" {
+            assert_eq!(agreement, 1.0, "{m}");
+            assert_eq!(m["within_budget"], true, "{m}");
+        } else {
+            assert!(agreement < 1.0, "f32 should disagree on a near-tie: {m}");
+            assert_eq!(m["within_budget"], false, "{m}");
+        }
+    }
+    assert_eq!(v["choice"]["precision"], "int8", "{v}");
+}

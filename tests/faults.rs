@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::http_server::{Reply, Server};
 use common::*;
 use edge_mnv2::features::decode_entry;
 use edge_mnv2::head::Head;
@@ -382,43 +382,6 @@ fn capture_killed_while_saving_leaves_whole_images() {
 const MODEL: &str = "mobilenet_v2_1.0_224_quant";
 const MODEL_FILE: &str = "mobilenet_v2_1.0_224_quant.tflite";
 
-/// Serves the model once: the full Content-Length, the first `sent` bytes, then nothing until
-/// the client goes away. Reports when those bytes are out.
-fn stalling_server(sent: usize) -> (String, std::sync::mpsc::Receiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/models/{MODEL_FILE}",
-        listener.local_addr().unwrap()
-    );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let body = std::fs::read(models_dir().join(MODEL_FILE)).unwrap();
-    std::thread::spawn(move || {
-        let Ok((stream, _)) = listener.accept() else {
-            return;
-        };
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-        }
-        let mut stream = stream;
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&body[..sent]);
-        let _ = stream.flush();
-        let _ = tx.send(());
-        // Until the client is killed: its end closes and the read returns.
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-        let _ = stream.read(&mut [0u8; 1]);
-    });
-    (url, rx)
-}
-
 /// `models fetch --force` killed mid-download: the verified copy already in the cache is intact,
 /// nothing under the model's name is partial, and the next fetch succeeds.
 #[test]
@@ -431,33 +394,19 @@ fn models_fetch_killed_mid_download_keeps_the_verified_copy() {
     std::fs::copy(&original, cache.join(MODEL_FILE)).unwrap();
     let sha = edge_mnv2::models::sha256_file(&original).unwrap();
     let fetch = |url: &str| {
-        let mut cmd = edge_command();
-        cmd.args(["models", "fetch", MODEL, "--force", "--url", url])
-            .current_dir(tmp.path())
-            .env("EDGE_MNV2_MODEL_CACHE", &cache)
-            .env_remove("EDGE_MNV2_MODELS")
-            .env_remove("EDGE_MNV2_MODEL_BASE_URL")
-            .env_remove("RUST_LOG");
-        for var in [
-            "ALL_PROXY",
-            "all_proxy",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = fetch_command(&cache, tmp.path());
+        cmd.args(["models", "fetch", MODEL, "--force", "--url", url]);
         cmd
     };
-    let (url, sent) = stalling_server(rng.random_range(1..3_000_000));
-    let mut child = fetch(&url)
+    let body = std::fs::read(&original).unwrap();
+    let sent = rng.random_range(1..3_000_000);
+    let stalling = Server::start(Reply::Stall { body, sent });
+    let mut child = fetch(&format!("{}/models/{MODEL_FILE}", stalling.base))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    sent.recv_timeout(Duration::from_secs(60))
-        .expect("the download started");
+    stalling.wait_stalled(Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(rng.random_range(0..200)));
     kill9(&mut child);
     assert_eq!(
@@ -467,38 +416,9 @@ fn models_fetch_killed_mid_download_keeps_the_verified_copy() {
     for f in files_under(&cache) {
         assert!(hidden(&f) || f.ends_with(MODEL_FILE), "{}", f.display());
     }
-    // A real server for the retry: the test's own one-shot server with the whole body.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let body = std::fs::read(&original).unwrap();
-    let labels = std::fs::read(models_dir().join("imagenet_labels.txt")).unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(4).flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            let _ = reader.read_line(&mut request);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let b = if request.contains("labels") {
-                &labels
-            } else {
-                &body
-            };
-            let mut stream = stream;
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    b.len()
-                )
-                .as_bytes(),
-            );
-            let _ = stream.write_all(b);
-        }
-    });
+    // A real server for the retry, with the whole body.
+    let server = Server::start(Reply::SharedFile);
+    let base = &server.base;
     let o = fetch(&format!("{base}/models/{MODEL_FILE}"))
         .output()
         .unwrap();

@@ -3,28 +3,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
 
 fn datasets() -> PathBuf {
     shared().join("datasets")
-}
-
-fn run(args: &[&str], cache: &Path) -> Output {
-    edge_command()
-        .args(args)
-        .env("EDGE_MNV2_MODELS", models_dir())
-        .env("EDGE_MNV2_CACHE", cache)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("running edge-mnv2")
-}
-
-fn json_of(out: &Output) -> Value {
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
-    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
 fn s(p: &Path) -> &str {
@@ -38,7 +23,7 @@ fn hymenoptera_with_defaults_then_cached_rerun() {
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("out");
     let data = datasets().join("hymenoptera");
-    let first = json_of(&run(
+    let first = ok_json(&edge_cached(
         &["finetune", s(&data), "--out", s(&out), "--json"],
         &cache,
     ));
@@ -68,7 +53,7 @@ fn hymenoptera_with_defaults_then_cached_rerun() {
     assert!(out.join("report.md").is_file() && out.join("head.json").is_file());
 
     // Same data, same seed: nothing re-embedded, identical metrics and history.
-    let second = json_of(&run(
+    let second = ok_json(&edge_cached(
         &["finetune", s(&data), "--out", s(&out), "--json"],
         &cache,
     ));
@@ -77,7 +62,7 @@ fn hymenoptera_with_defaults_then_cached_rerun() {
     assert_eq!(second["history"], first["history"]);
 
     // evaluate on the held-out folder gives the report's figures; predict labels single images.
-    let eval = json_of(&run(
+    let eval = ok_json(&edge_cached(
         &[
             "evaluate",
             "--head",
@@ -90,7 +75,7 @@ fn hymenoptera_with_defaults_then_cached_rerun() {
     assert_eq!(eval["test"]["accuracy"], first["test"]["accuracy"]);
     let bee = data.join("val/bees/10870992_eebeeb3a12.jpg");
     let ant = data.join("val/ants/10308379_1b6c72e180.jpg");
-    let pred = run(
+    let pred = edge_cached(
         &[
             "predict",
             "--head",
@@ -120,7 +105,7 @@ fn imagenette_ten_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let data = datasets().join("imagenette_224_subset");
-    let r = json_of(&run(
+    let r = ok_json(&edge_cached(
         &[
             "finetune",
             s(&data),
@@ -173,7 +158,7 @@ fn finetune_err(data: &Path, out: &Path, extra: &[&str]) -> String {
         "--no-cache",
     ];
     args.extend_from_slice(extra);
-    let o = run(&args, out);
+    let o = edge_cached(&args, out);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -258,7 +243,7 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     std::fs::write(data.join("ants/.DS_Store"), "x").unwrap();
     std::fs::write(data.join("bees/broken.jpg"), "not a jpeg").unwrap();
     let out = tmp.path().join("out");
-    let r = json_of(&run(
+    let r = ok_json(&edge_cached(
         &[
             "finetune",
             s(&data),
@@ -297,7 +282,7 @@ fn heads_are_checked_before_use() {
     small_set(&data, &[("ants", 10), ("bees", 10)]);
     let out = tmp.path().join("out");
     let cache = tmp.path().join("c");
-    json_of(&run(
+    ok_json(&edge_cached(
         &[
             "finetune",
             s(&data),
@@ -319,7 +304,7 @@ fn heads_are_checked_before_use() {
         .path();
 
     // A head on another backbone.
-    let o = run(
+    let o = edge_cached(
         &[
             "predict",
             "--head",
@@ -342,14 +327,14 @@ fn heads_are_checked_before_use() {
     let text = std::fs::read_to_string(&head).unwrap();
     let bad = tmp.path().join("truncated.json");
     std::fs::write(&bad, &text[..text.len() / 2]).unwrap();
-    let o = run(&["predict", "--head", s(&bad), s(&img)], &cache);
+    let o = edge_cached(&["predict", "--head", s(&bad), s(&img)], &cache);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("truncated.json: corrupt or truncated head file"),
         "{}",
         stderr(&o)
     );
-    let o = run(&["evaluate", "--head", s(&img), s(&data)], &cache);
+    let o = edge_cached(&["evaluate", "--head", s(&img), s(&data)], &cache);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("not an edge-mnv2 head file"),
@@ -359,7 +344,7 @@ fn heads_are_checked_before_use() {
 
     // A failed run leaves the previous good head untouched.
     let before = std::fs::read(&head).unwrap();
-    let o = run(
+    let o = edge_cached(
         &["finetune", s(&tmp.path().join("missing")), "--out", s(&out)],
         &cache,
     );

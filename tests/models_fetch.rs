@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::http_server::{unanswered_port, Reply, Server};
 use common::*;
 
 const NAME: &str = "mobilenet_v2_1.0_224_quant";
@@ -20,129 +18,35 @@ const FILE: &str = "mobilenet_v2_1.0_224_quant.tflite";
 const SHA256: &str = "7aad0c74c5e3c06e5eb3c827e13304fdd68a83da6087d92ee169c24ff9fd4776";
 const LABELS: &str = "imagenet_labels.txt";
 
-/// What the server answers to every request.
-#[derive(Clone)]
-enum Reply {
-    /// 200 with the body and its Content-Length.
-    Body(Vec<u8>),
-    /// 200 announcing `body.len()` bytes, sending only the first `sent`, then closing.
-    Truncated { body: Vec<u8>, sent: usize },
-    /// This status line with a short body.
-    Status(&'static str),
-    /// Close the connection without answering.
-    HangUp,
-    /// 200 with the ../shared/models file the path's last segment names.
-    SharedFile,
+/// `model` for the model, the real label file for the label file.
+fn server(model: Reply) -> Server {
+    server_with(vec![model], Reply::Body(model_bytes(LABELS)))
 }
 
-struct Server {
-    base: String,
-    /// Request paths in arrival order.
-    requests: Arc<Mutex<Vec<String>>>,
+/// `plan[i]` for the i-th model request (the last one repeats), `labels` for the label file.
+fn server_with(plan: Vec<Reply>, labels: Reply) -> Server {
+    Server::start_plan(plan, Some((LABELS, labels)))
 }
 
-impl Server {
-    /// Serves `reply` for the model and the real label file, to at most 8 connections, then
-    /// stops by itself.
-    fn start(reply: Reply) -> Server {
-        Server::start_with(reply, Reply::Body(model_bytes(LABELS)))
-    }
-
-    /// `reply` for every path but the label file's, which gets `labels`.
-    fn start_with(reply: Reply, labels: Reply) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().take(8) {
-                let Ok(stream) = stream else { continue };
-                let _ = answer(stream, &reply, &labels, &log);
-            }
-        });
-        Server { base, requests }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/models/{FILE}", self.base)
-    }
-
-    /// Model requests (every path but the label file's), in arrival order.
-    fn requests(&self) -> Vec<String> {
-        self.all_requests()
-            .into_iter()
-            .filter(|p| !p.ends_with(LABELS))
-            .collect()
-    }
-
-    fn label_requests(&self) -> Vec<String> {
-        self.all_requests()
-            .into_iter()
-            .filter(|p| p.ends_with(LABELS))
-            .collect()
-    }
-
-    fn all_requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
+fn model_url(server: &Server) -> String {
+    format!("{}/models/{FILE}", server.base)
 }
 
-fn answer(
-    stream: TcpStream,
-    model: &Reply,
-    labels: &Reply,
-    log: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read the whole head: closing with unread request bytes would make the kernel send a reset.
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-    }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
-    let reply = if path.ends_with(LABELS) {
-        labels
-    } else {
-        model
-    };
-    log.lock().unwrap().push(path.clone());
-    let mut stream = stream;
-    let head = |status: &str, len: usize| {
-        format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
-    };
-    match reply {
-        Reply::Body(body) => {
-            stream.write_all(head("200 OK", body.len()).as_bytes())?;
-            stream.write_all(body)?;
-        }
-        Reply::Truncated { body, sent } => {
-            stream.write_all(head("200 OK", body.len()).as_bytes())?;
-            stream.write_all(&body[..*sent])?;
-        }
-        Reply::Status(status) => {
-            let body = b"no such file\n";
-            stream.write_all(head(status, body.len()).as_bytes())?;
-            stream.write_all(body)?;
-        }
-        Reply::HangUp => {}
-        Reply::SharedFile => {
-            let name = path.rsplit('/').next().unwrap_or("");
-            let body = model_bytes(name);
-            stream.write_all(head("200 OK", body.len()).as_bytes())?;
-            stream.write_all(&body)?;
-        }
-    }
-    stream.flush()?;
-    stream.shutdown(std::net::Shutdown::Both)
+/// Model requests (every path but the label file's), in arrival order.
+fn model_requests(server: &Server) -> Vec<String> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|p| !p.ends_with(LABELS))
+        .collect()
+}
+
+fn label_requests(server: &Server) -> Vec<String> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|p| p.ends_with(LABELS))
+        .collect()
 }
 
 fn model_bytes(file: &str) -> Vec<u8> {
@@ -168,26 +72,10 @@ fn scratch() -> Scratch {
     }
 }
 
-/// Runs `edge-mnv2 <args>` with the model cache in `s.cache`, no other model directory, and no
-/// proxy (a proxy from the environment must not see test traffic).
+/// Runs `edge-mnv2 <args>` with the model cache in `s.cache` and no other model directory.
 fn fetch_cmd(s: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = edge_command();
-    cmd.args(args)
-        .current_dir(&s.cwd)
-        .env("EDGE_MNV2_MODEL_CACHE", &s.cache)
-        .env_remove("EDGE_MNV2_MODELS")
-        .env_remove("EDGE_MNV2_MODEL_BASE_URL")
-        .env_remove("RUST_LOG");
-    for var in [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = fetch_command(&s.cache, &s.cwd);
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -236,9 +124,9 @@ fn assert_failed_cleanly(s: &Scratch, out: &Output, url: &str, reason: &str) {
 
 #[test]
 fn good_file_is_stored_verified_and_then_found() {
-    let server = Server::start(Reply::Body(model_bytes(FILE)));
+    let server = server(Reply::Body(model_bytes(FILE)));
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let stored = s.cache.join(FILE);
@@ -246,7 +134,7 @@ fn good_file_is_stored_verified_and_then_found() {
     // The label file comes from beside the explicit URL, verified like the model.
     let labels = s.cache.join(LABELS);
     assert_eq!(sha256_hex(&labels), sha256_hex(&models_dir().join(LABELS)));
-    assert_eq!(server.label_requests(), vec![format!("/models/{LABELS}")]);
+    assert_eq!(label_requests(&server), vec![format!("/models/{LABELS}")]);
     let mut stored_files = files_under(&s.cache);
     stored_files.sort();
     assert_eq!(stored_files, vec![labels, stored.clone()], "leftovers");
@@ -267,7 +155,7 @@ fn good_file_is_stored_verified_and_then_found() {
         "{}",
         stdout(&again)
     );
-    assert_eq!(server.requests().len(), 1);
+    assert_eq!(model_requests(&server).len(), 1);
 
     // `models` sees it, verified.
     let list = fetch_cmd(&s, &["models", "list", "--json"], &[]);
@@ -290,12 +178,12 @@ fn good_file_is_stored_verified_and_then_found() {
 
 #[test]
 fn a_bad_label_file_is_an_error_and_leaves_the_model() {
-    let server = Server::start_with(
-        Reply::Body(model_bytes(FILE)),
+    let server = server_with(
+        vec![Reply::Body(model_bytes(FILE))],
         Reply::Body(b"background\nnot the imagenet labels\n".to_vec()),
     );
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
@@ -315,16 +203,16 @@ fn a_bad_label_file_is_an_error_and_leaves_the_model() {
 
 #[test]
 fn existing_verified_copy_skips_download_unless_forced() {
-    let server = Server::start(Reply::Body(model_bytes(FILE)));
+    let server = server(Reply::Body(model_bytes(FILE)));
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let shared = models_dir();
     let shared = shared.to_str().unwrap();
     let env = [("EDGE_MNV2_MODELS", shared)];
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &env);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stdout(&out).contains("already present"), "{}", stdout(&out));
-    assert!(server.all_requests().is_empty());
+    assert!(server.requests().is_empty());
     assert!(!s.cache.join(FILE).exists());
 
     let forced = fetch_cmd(
@@ -334,12 +222,12 @@ fn existing_verified_copy_skips_download_unless_forced() {
     );
     assert_eq!(forced.status.code(), Some(0), "stderr: {}", stderr(&forced));
     assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
-    assert_eq!(server.requests().len(), 1);
+    assert_eq!(model_requests(&server).len(), 1);
 }
 
 #[test]
 fn mirror_base_url_from_the_environment() {
-    let server = Server::start(Reply::Body(model_bytes(FILE)));
+    let server = server(Reply::Body(model_bytes(FILE)));
     let s = scratch();
     let base = format!("{}/mirror/", server.base);
     let out = fetch_cmd(
@@ -348,8 +236,8 @@ fn mirror_base_url_from_the_environment() {
         &[("EDGE_MNV2_MODEL_BASE_URL", &base)],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(server.requests(), vec![format!("/mirror/{FILE}")]);
-    assert_eq!(server.label_requests(), vec![format!("/mirror/{LABELS}")]);
+    assert_eq!(model_requests(&server), vec![format!("/mirror/{FILE}")]);
+    assert_eq!(label_requests(&server), vec![format!("/mirror/{LABELS}")]);
     assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
 }
 
@@ -357,12 +245,12 @@ fn mirror_base_url_from_the_environment() {
 fn truncated_body_is_retried_once_then_leaves_nothing() {
     let body = model_bytes(FILE);
     let sent = body.len() / 2;
-    let server = Server::start(Reply::Truncated { body, sent });
+    let server = server(Reply::Truncated { body, sent });
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     assert_failed_cleanly(&s, &out, &url, "connection cut");
-    assert_eq!(server.requests().len(), 2, "one retry expected");
+    assert_eq!(model_requests(&server).len(), 2, "one retry expected");
 }
 
 #[test]
@@ -372,21 +260,25 @@ fn corrupted_body_fails_the_checksum_and_leaves_nothing() {
     for b in &mut body[mid..mid + 16] {
         *b ^= 0xff;
     }
-    let server = Server::start(Reply::Body(body));
+    let server = server(Reply::Body(body));
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     assert_failed_cleanly(&s, &out, &url, "checksum mismatch");
-    assert_eq!(server.requests().len(), 1, "a wrong body is not retried");
+    assert_eq!(
+        model_requests(&server).len(),
+        1,
+        "a wrong body is not retried"
+    );
 }
 
 #[test]
 fn a_different_valid_model_fails_the_checksum_and_leaves_nothing() {
-    let server = Server::start(Reply::Body(model_bytes(
+    let server = server(Reply::Body(model_bytes(
         "tf2_mobilenet_v2_1.0_224_ptq.tflite",
     )));
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     assert_failed_cleanly(&s, &out, &url, "checksum mismatch");
     assert!(stderr(&out).contains(SHA256), "{}", stderr(&out));
@@ -394,22 +286,26 @@ fn a_different_valid_model_fails_the_checksum_and_leaves_nothing() {
 
 #[test]
 fn http_404_is_an_error_naming_the_url() {
-    let server = Server::start(Reply::Status("404 Not Found"));
+    let server = server(Reply::Status("404 Not Found"));
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     assert_failed_cleanly(&s, &out, &url, "HTTP 404 Not Found");
-    assert_eq!(server.requests().len(), 1, "an HTTP status is not retried");
+    assert_eq!(
+        model_requests(&server).len(),
+        1,
+        "an HTTP status is not retried"
+    );
 }
 
 #[test]
 fn hang_up_without_an_answer_is_an_error() {
-    let server = Server::start(Reply::HangUp);
+    let server = server(Reply::HangUp);
     let s = scratch();
-    let url = server.url();
+    let url = model_url(&server);
     let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
     assert_failed_cleanly(&s, &out, &url, &url);
-    assert_eq!(server.requests().len(), 2, "one retry expected");
+    assert_eq!(model_requests(&server).len(), 2, "one retry expected");
 }
 
 #[test]
@@ -444,19 +340,19 @@ fn refusals_before_any_download() {
 #[test]
 fn all_fetches_every_pinned_entry_once() {
     const TF2: &str = "tf2_mobilenet_v2_1.0_224_ptq.tflite";
-    let server = Server::start(Reply::SharedFile);
+    let server = server(Reply::SharedFile);
     let s = scratch();
     let base = format!("{}/mirror/", server.base);
     let env = [("EDGE_MNV2_MODEL_BASE_URL", base.as_str())];
     let out = fetch_cmd(&s, &["models", "fetch", "--all"], &env);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    let mut requests = server.requests();
+    let mut requests = model_requests(&server);
     requests.sort();
     assert_eq!(
         requests,
         [format!("/mirror/{FILE}"), format!("/mirror/{TF2}")]
     );
-    assert_eq!(server.label_requests(), [format!("/mirror/{LABELS}")]);
+    assert_eq!(label_requests(&server), [format!("/mirror/{LABELS}")]);
     assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
     assert_eq!(
         sha256_hex(&s.cache.join(TF2)),
@@ -466,10 +362,131 @@ fn all_fetches_every_pinned_entry_once() {
 
     let again = fetch_cmd(&s, &["models", "fetch", "--all"], &env);
     assert_eq!(again.status.code(), Some(0), "stderr: {}", stderr(&again));
-    assert_eq!(
-        server.all_requests().len(),
-        3,
-        "{:?}",
-        server.all_requests()
+    assert_eq!(server.requests().len(), 3, "{:?}", server.requests());
+}
+
+/// A short timeout for both (connect, idle read) through `EDGE_MNV2_FETCH_TIMEOUT_MS`: the rule
+/// is the same at 10 s and 30 s, CI just does not wait for it.
+const SHORT_TIMEOUT_MS: u64 = 300;
+
+/// Fetches `url` with the short timeouts: exit 1 naming `url`, both attempts (one retry) each
+/// ended by a timeout, not before two timeouts have passed and long before the default ones
+/// would have.
+fn assert_times_out_twice(url: &str) {
+    let s = scratch();
+    let timeout = SHORT_TIMEOUT_MS.to_string();
+    let start = Instant::now();
+    let out = fetch_cmd(
+        &s,
+        &["models", "fetch", NAME, "--url", url],
+        &[("EDGE_MNV2_FETCH_TIMEOUT_MS", &timeout)],
     );
+    let took = start.elapsed();
+    assert_failed_cleanly(&s, &out, url, "timeout");
+    let short = Duration::from_millis(SHORT_TIMEOUT_MS);
+    assert!(took >= 2 * short, "{took:?}: both attempts should wait");
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?}: the timeout did not fire"
+    );
+}
+
+/// A server that stops sending: mid-body on the first attempt, before answering at all on the
+/// retry. Each attempt fails after the idle-read timeout, and the failure is retried once.
+#[test]
+fn a_stalled_server_times_out_and_is_retried_once() {
+    let body = model_bytes(FILE);
+    let server = server_with(
+        vec![
+            Reply::Stall {
+                body,
+                sent: 100_000,
+            },
+            Reply::Silent,
+        ],
+        Reply::Status("404 Not Found"),
+    );
+    assert_times_out_twice(&model_url(&server));
+    assert_eq!(model_requests(&server).len(), 2, "one retry expected");
+}
+
+/// A host whose TCP handshake never completes: the connect timeout fires, once per attempt.
+#[test]
+fn a_connection_that_never_opens_times_out() {
+    let (base, _listener, _filler) = unanswered_port();
+    assert_times_out_twice(&format!("{base}/models/{FILE}"));
+}
+
+/// A connection that fails once and then works: the retry stores the verified file.
+#[test]
+fn a_failure_then_a_good_answer_is_retried_into_success() {
+    let server = server_with(
+        vec![Reply::HangUp, Reply::Body(model_bytes(FILE))],
+        Reply::Body(model_bytes(LABELS)),
+    );
+    let s = scratch();
+    let url = model_url(&server);
+    let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(model_requests(&server).len(), 2);
+    assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
+}
+
+/// A redirect that stays within the rules (here: loopback http) is followed.
+#[test]
+fn a_redirect_within_the_rules_is_followed() {
+    let server = server_with(
+        vec![
+            Reply::Redirect(format!("/elsewhere/{FILE}")),
+            Reply::Body(model_bytes(FILE)),
+        ],
+        Reply::Body(model_bytes(LABELS)),
+    );
+    let s = scratch();
+    let url = model_url(&server);
+    let out = fetch_cmd(&s, &["models", "fetch", NAME, "--url", &url], &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        model_requests(&server),
+        [format!("/models/{FILE}"), format!("/elsewhere/{FILE}")]
+    );
+    assert_eq!(sha256_hex(&s.cache.join(FILE)), SHA256);
+}
+
+/// A redirect to plain http on another host is refused before anything connects to it. The
+/// proof: every non-loopback request goes through a "proxy" (a second local server; loopback is
+/// excluded by NO_PROXY), and that server sees no connection at all. (Checking the target after
+/// the HTTP client has followed it, as before, sends the request there first.)
+#[test]
+fn a_redirect_leaving_the_rules_is_refused_before_it_is_contacted() {
+    let elsewhere = format!("http://models.example.com/{FILE}");
+    let server = server(Reply::Redirect(elsewhere.clone()));
+    let proxy = Server::start(Reply::Body(model_bytes(FILE)));
+    let s = scratch();
+    let url = model_url(&server);
+    let out = fetch_cmd(
+        &s,
+        &["models", "fetch", NAME, "--url", &url],
+        &[
+            ("HTTP_PROXY", proxy.base.as_str()),
+            ("NO_PROXY", "127.0.0.1,localhost"),
+        ],
+    );
+    // The proxy's listener is served by a thread: give a connection the old code would have
+    // made time to be counted.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        proxy.connections(),
+        0,
+        "the redirect target was contacted: {:?}; stderr: {}",
+        proxy.requests(),
+        stderr(&out)
+    );
+    assert_failed_cleanly(
+        &s,
+        &out,
+        &url,
+        &format!("refusing a redirect to {elsewhere}"),
+    );
+    assert_eq!(model_requests(&server).len(), 1, "a refusal is not retried");
 }

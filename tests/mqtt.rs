@@ -9,13 +9,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::served::Served;
 use common::*;
 use edge_mnv2::head::Head;
 use edge_mnv2::serve::mqtt::MqttTransport;
@@ -230,100 +230,9 @@ fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
     d
 }
 
-/// A running `serve` with its stdout lines and stderr collected.
-struct Served {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = edge_command()
-            .arg("serve")
-            .args(["--no-http"])
-            .args(args)
-            .env("EDGE_MNV2_MODELS", models_dir())
-            .env_remove("RUST_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(String::new()));
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(serde_json::from_str(&line).unwrap());
-            }
-        });
-        let g = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut g = g.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
-        Served { child, lines, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn wait(&mut self, what: &str, timeout: Duration, f: impl Fn(&Served) -> bool) {
-        let end = Instant::now() + timeout;
-        while !f(self) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "serve exited ({status}) waiting for {what}; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn exit(&mut self, timeout: Duration) -> Option<i32> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                return status.code();
-            }
-            assert!(
-                Instant::now() < end,
-                "serve did not exit; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(&mut self) -> Option<i32> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.exit(Duration::from_secs(10))
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `serve --no-http <args>`.
+fn start_served(args: &[&str]) -> Served {
+    Served::start(&[&["--no-http"], args].concat())
 }
 
 /// A config file for a board: broker credentials, token, and `extra` lines.
@@ -361,7 +270,7 @@ fn results_discovery_availability_and_last_will() {
     let ants = val().join("ants");
 
     // A bounded replay: every frame on stdout is also on the state topic, in order.
-    let mut served = Served::start(&[
+    let mut served = start_served(&[
         "--head",
         s(&head),
         "--config",
@@ -424,7 +333,7 @@ fn results_discovery_availability_and_last_will() {
     }
 
     // Last will: a board killed with SIGKILL is marked offline by the broker.
-    let mut served = Served::start(&[
+    let mut served = start_served(&[
         "--head",
         s(&head),
         "--config",
@@ -462,7 +371,7 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
     let tmp = tempfile::tempdir().unwrap();
     let head = head_in(tmp.path(), "head", |_| {});
     let config = board_config(tmp.path(), "pi1", &broker, "");
-    let mut served = Served::start(&[
+    let mut served = start_served(&[
         "--head",
         s(&head),
         "--config",
@@ -496,7 +405,7 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
         .on("edge-mnv2/pi1/availability")
         .iter()
         .any(|(p, _)| p == b"online"));
-    assert_eq!(served.terminate(), Some(0), "{}", served.log());
+    assert_eq!(served.terminate().1, Some(0), "{}", served.log());
     // No frame lost on stdout: consecutive sequence numbers, no drops counted.
     let lines = served.lines();
     let frames: Vec<u64> = lines.iter().map(|l| l["frame"].as_u64().unwrap()).collect();
@@ -549,7 +458,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
         std::fs::create_dir_all(&dir).unwrap();
         let head = head_in(&dir, "head", |_| {});
         let config = board_config(&dir, board, &broker, "");
-        let served = Served::start(&[
+        let served = start_served(&[
             "--head",
             s(&head),
             "--config",
@@ -688,6 +597,6 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
     assert_eq!(last["rollout"]["action"], "rollback");
     assert_eq!(last["rollout"]["ok"], true);
     for (served, _) in &mut boards {
-        assert_eq!(served.terminate(), Some(0), "{}", served.log());
+        assert_eq!(served.terminate().1, Some(0), "{}", served.log());
     }
 }

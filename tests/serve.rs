@@ -1,17 +1,17 @@
 //! `serve` and `capture` end to end: a head trained once on hymenoptera/train, then the service
 //! run on the held-out val images through its JSON lines, its HTTP API and its signals.
 //! The HTTP tests need the `http` feature; the rest also run with `--no-default-features`.
-#![cfg_attr(not(feature = "http"), allow(dead_code))]
+#![cfg_attr(not(feature = "http"), allow(dead_code, unused_imports))]
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use common::served::Served;
 use common::*;
 use edge_mnv2::head::Head;
 use serde_json::Value;
@@ -55,122 +55,6 @@ fn head_copy(dir: &Path) -> PathBuf {
     d
 }
 
-/// A running `serve` with its stdout lines and stderr text collected by reader threads.
-struct Served {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = edge_command()
-            .arg("serve")
-            .args(args)
-            .env("EDGE_MNV2_MODELS", models_dir())
-            .env_remove("RUST_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(String::new()));
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let line = line.unwrap();
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-                l.lock().unwrap().push(v);
-            }
-        });
-        let g = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let line = line.unwrap();
-                let mut g = g.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
-        Served { child, lines, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_for<T>(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        f: impl Fn(&Served) -> Option<T>,
-    ) -> T {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f(self) {
-                return v;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "serve exited ({status}) waiting for {what}; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The address from the "listening on http://ADDR" log line.
-    fn addr(&mut self) -> String {
-        self.wait_for("the listen address", Duration::from_secs(120), |s| {
-            s.log()
-                .lines()
-                .find_map(|l| l.split("listening on http://").nth(1))
-                .map(|a| a.trim().to_string())
-        })
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    /// Sends SIGTERM and returns how long the process took to exit, and its exit code.
-    fn terminate(mut self) -> (Duration, Option<i32>, String) {
-        let t = Instant::now();
-        self.signal(libc::SIGTERM);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100)); // let the log reader finish
-                return (t.elapsed(), status.code(), self.log());
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                panic!(
-                    "serve did not stop within 10 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// (status, body) of one HTTP/1.1 request.
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap();
@@ -203,11 +87,11 @@ fn folder_label(source: &str) -> String {
         .into_owned()
 }
 
-/// `predict`'s label for each file.
+/// `predict`'s (label, confidence) for each file.
 fn predict_labels<'a>(
     head: &Path,
     files: impl Iterator<Item = &'a String>,
-) -> std::collections::BTreeMap<String, String> {
+) -> std::collections::BTreeMap<String, (String, f64)> {
     let o = edge_command()
         .args(["predict", "--head", s(head), "--json"])
         .args(files)
@@ -222,7 +106,8 @@ fn predict_labels<'a>(
                 .as_str()
                 .unwrap_or_else(|| panic!("{v}"))
                 .to_string();
-            (file, v["label"].as_str().unwrap().to_string())
+            let label = v["label"].as_str().unwrap().to_string();
+            (file, (label, v["confidence"].as_f64().unwrap()))
         })
         .collect()
 }
@@ -252,9 +137,9 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
 
     // Without --fps a folder is replayed frame by frame: the first 153 lines are each val image once.
     served.wait_for("a pass over val", Duration::from_secs(900), |s| {
-        (s.lines.lock().unwrap().len() >= n_val).then_some(())
+        (s.line_count() >= n_val).then_some(())
     });
-    let lines: Vec<Value> = served.lines.lock().unwrap()[..n_val].to_vec();
+    let lines: Vec<Value> = served.lines()[..n_val].to_vec();
     let mut correct = 0;
     let mut served_labels = std::collections::BTreeMap::new();
     for l in &lines {
@@ -262,7 +147,13 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
             assert!(!l[key].is_null(), "{key} missing in {l}");
         }
         let source = l["source"].as_str().unwrap();
-        served_labels.insert(source.to_string(), l["label"].as_str().unwrap().to_string());
+        served_labels.insert(
+            source.to_string(),
+            (
+                l["label"].as_str().unwrap().to_string(),
+                l["confidence"].as_f64().unwrap(),
+            ),
+        );
         if l["label"] == folder_label(source) {
             correct += 1;
         }
@@ -275,8 +166,21 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
         correct as f64 / n_val as f64
     );
     // The service runs the same decode, preprocessing, backbone and head as `predict`: the same
-    // label for every image, not merely a similar accuracy.
-    assert_eq!(served_labels, predict_labels(&head, served_labels.keys()));
+    // label for every image, not merely a similar accuracy, and the same confidence (serve rounds
+    // it to 6 decimals), so a drift in decoding or preprocessing shows even without a label flip.
+    let predicted = predict_labels(&head, served_labels.keys());
+    assert_eq!(
+        served_labels.keys().collect::<Vec<_>>(),
+        predicted.keys().collect::<Vec<_>>()
+    );
+    for (file, (label, confidence)) in &served_labels {
+        let (p_label, p_confidence) = &predicted[file];
+        assert_eq!(label, p_label, "{file}");
+        assert!(
+            (confidence - p_confidence).abs() <= 1e-6,
+            "{file}: serve confidence {confidence}, predict {p_confidence}"
+        );
+    }
 
     let (code, body) = http(&addr, "GET", "/healthz", b"");
     assert_eq!(code, 200, "{body}");
@@ -340,10 +244,7 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
     let (_, body) = http(&addr, "POST", "/classify", &bee);
     assert_eq!(json_of(&body)["label"], "abeilles");
     served.wait_for("lines from the new head", Duration::from_secs(120), |s| {
-        s.lines
-            .lock()
-            .unwrap()
-            .last()
+        s.last_line()
             .filter(|l| l["head"] == new_sha.as_str())
             .map(|l| assert!(["fourmis", "abeilles"].contains(&l["label"].as_str().unwrap())))
     });
@@ -376,7 +277,8 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
     let (_, metrics) = http(&addr, "GET", "/metrics", b"");
     assert!(metrics.contains("edge_mnv2_head_reloads_total{result=\"refused\"} 3"));
 
-    let (took, code, log) = served.terminate();
+    let (took, code) = served.terminate();
+    let log = served.log();
     assert_eq!(code, Some(0), "{log}");
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
     assert!(log.contains("stopped:"), "{log}");
@@ -411,7 +313,8 @@ fn missing_camera_is_degraded_and_the_service_keeps_running() {
     let (_, metrics) = http(&addr, "GET", "/metrics", b"");
     assert!(metrics.contains("edge_mnv2_source_up 0"), "{metrics}");
     assert_eq!(http(&addr, "GET", "/latest", b"").0, 404);
-    let (took, code, log) = served.terminate();
+    let (took, code) = served.terminate();
+    let log = served.log();
     assert_eq!(code, Some(0), "{log}");
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
 }

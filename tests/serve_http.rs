@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::served::Served;
 use common::*;
 
 /// What `serve` allows at once (src/serve/http.rs); the tests fill them exactly.
@@ -60,76 +60,35 @@ fn token_file(dir: &Path, mode: u32) -> PathBuf {
     p
 }
 
-/// A running `serve` on the val folder (looped), its stderr collected.
-struct Served {
-    child: Child,
-    log: Arc<Mutex<String>>,
+/// A running `serve` on the val folder (looped) at 20 frames/s with its address, once healthy
+/// and a first frame is classified.
+struct Http {
+    /// Kept for its drop, which stops the service.
+    _served: Served,
     addr: String,
 }
 
-impl Served {
-    fn start(extra: &[&str]) -> Served {
-        let mut child = edge_command()
-            .arg("serve")
-            .arg("--head")
-            .arg(trained_head())
-            .arg("--source")
-            .arg(val())
-            .args(["--fps", "20"])
-            .args(extra)
-            .env("EDGE_MNV2_MODELS", models_dir())
-            .env_remove("RUST_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let g = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let mut g = g.lock().unwrap();
-                g.push_str(&line.unwrap());
-                g.push('\n');
-            }
-        });
-        let mut served = Served {
-            child,
-            log,
-            addr: String::new(),
-        };
-        let end = Instant::now() + Duration::from_secs(120);
-        loop {
-            let log = served.log.lock().unwrap().clone();
-            if let Some(a) = log
-                .lines()
-                .find_map(|l| l.split("listening on http://").nth(1))
-            {
-                // A wildcard address is reached through loopback: no traffic leaves this machine.
-                let port = a.trim().rsplit(':').next().unwrap();
-                served.addr = format!("127.0.0.1:{port}");
-                break;
-            }
-            if let Some(status) = served.child.try_wait().unwrap() {
-                panic!("serve exited ({status}); log:\n{log}");
-            }
-            assert!(Instant::now() < end, "serve did not listen; log:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Healthy once the source delivers; a first frame classified.
-        while get(&served.addr, "/healthz").0 != 200 || get(&served.addr, "/latest").0 != 200 {
-            assert!(Instant::now() < end, "never healthy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        served
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn start_http(extra: &[&str]) -> Http {
+    let (head, val) = (trained_head(), val());
+    let mut args = vec![
+        "--head",
+        head.to_str().unwrap(),
+        "--source",
+        val.to_str().unwrap(),
+        "--fps",
+        "20",
+    ];
+    args.extend(extra);
+    let mut served = Served::start(&args);
+    let addr = served.addr();
+    served.wait(
+        "healthy, a first frame classified",
+        Duration::from_secs(120),
+        |_| get(&addr, "/healthz").0 == 200 && get(&addr, "/latest").0 == 200,
+    );
+    Http {
+        _served: served,
+        addr,
     }
 }
 
@@ -176,7 +135,7 @@ fn bearer(token: &str) -> String {
 
 #[test]
 fn healthz_metrics_and_latest_answer_while_a_body_trickles_in() {
-    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let served = start_http(&["--listen", "127.0.0.1:0"]);
     let addr = served.addr.clone();
     // One client uploads an image one byte a second, another connects and says nothing.
     let mut slow = TcpStream::connect(&addr).unwrap();
@@ -208,7 +167,7 @@ fn healthz_metrics_and_latest_answer_while_a_body_trickles_in() {
 fn beyond_loopback_post_endpoints_need_the_token() {
     let tmp = tempfile::tempdir().unwrap();
     let token = token_file(tmp.path(), 0o600);
-    let served = Served::start(&[
+    let served = start_http(&[
         "--listen",
         "0.0.0.0:0",
         "--token-file",
@@ -301,7 +260,7 @@ fn start_up_beyond_loopback_without_a_usable_token_is_refused() {
 
 #[test]
 fn a_full_classify_queue_answers_429_with_retry_after() {
-    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let served = start_http(&["--listen", "127.0.0.1:0"]);
     let addr = &served.addr;
     // Fill the queue with uploads that have been admitted (100 Continue) and send nothing more.
     let mut holders: Vec<TcpStream> = (0..CLASSIFY_QUEUE)
@@ -335,7 +294,7 @@ fn a_full_classify_queue_answers_429_with_retry_after() {
 
 #[test]
 fn too_many_connections_get_503_and_the_service_recovers() {
-    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let served = start_http(&["--listen", "127.0.0.1:0"]);
     let addr = &served.addr;
     let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
         .map(|_| TcpStream::connect(addr).unwrap())
@@ -361,7 +320,7 @@ fn too_many_connections_get_503_and_the_service_recovers() {
 
 #[test]
 fn malformed_requests_get_4xx_and_the_service_still_answers() {
-    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let served = start_http(&["--listen", "127.0.0.1:0"]);
     let addr = &served.addr;
     let raw = |bytes: &[u8]| {
         let mut c = TcpStream::connect(addr).unwrap();

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::served::Served;
 use common::*;
 use serde_json::Value;
 
@@ -47,93 +46,13 @@ fn bee() -> PathBuf {
     shared().join("datasets/hymenoptera/val/bees/10870992_eebeeb3a12.jpg")
 }
 
-/// A running `serve` whose stderr is collected by a reader thread.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut cmd = edge_command();
-        cmd.arg("serve")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("starting serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let g = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut g = g.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
-        Running { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_for_log(&mut self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) {
-        let end = Instant::now() + timeout;
-        while !f(&self.log()) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "serve exited ({status}) waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    /// Waits for the process to exit after a signal sent at `since`: (time taken, exit code).
-    fn exit_after(&mut self, since: Instant) -> (Duration, Option<i32>) {
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100)); // let the log reader finish
-                return (since.elapsed(), status.code());
-            }
-            if since.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                panic!("serve did not exit within 10 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A missing camera (a build with or without the `camera` feature): the failure is logged with
 /// the device and reason, reopened after 0.5 s, 1 s, 2 s..., and the service stops cleanly on
 /// SIGTERM within the README's few hundred milliseconds. Under journald (JOURNAL_STREAM) each
 /// line carries its syslog priority and no timestamp.
 #[test]
 fn missing_camera_backs_off_logs_for_journald_and_stops_on_sigterm() {
-    let mut r = Running::start(
+    let mut r = Served::start_with(
         &["--head", s(head()), "--source", "/dev/video99", "--no-http"],
         &[("JOURNAL_STREAM", "8:12345")],
     );
@@ -194,7 +113,7 @@ fn without_journald_log_lines_have_timestamps() {
 /// (the first alone ends it cleanly with 0, above).
 #[test]
 fn a_second_signal_exits_at_once() {
-    let mut r = Running::start(
+    let mut r = Served::start_with(
         &["--head", s(head()), "--source", s(&bee()), "--no-http"],
         &[],
     );
@@ -229,7 +148,7 @@ fn systemd_ready_status_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let mut r = Running::start(
+    let mut r = Served::start_with(
         &["--head", s(head()), "--source", s(&bee()), "--no-http"],
         &[
             ("NOTIFY_SOCKET", s(&sock_path)),

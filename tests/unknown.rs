@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::OnceLock;
 
 use common::*;
@@ -17,21 +16,6 @@ fn datasets() -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn run(args: &[&str], cache: &Path) -> Output {
-    edge_command()
-        .args(args)
-        .env("EDGE_MNV2_MODELS", models_dir())
-        .env("EDGE_MNV2_CACHE", cache)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("running edge-mnv2")
-}
-
-fn json_of(out: &Output) -> Value {
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
-    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
 /// Every 40th Imagenette validation image (99, all ten classes), linked into two nested folders
@@ -73,7 +57,7 @@ fn trained() -> &'static Trained {
         let unknown = tmp.path().join("unknown");
         let unknown_files = unknown_images(&unknown);
         let data = datasets().join("hymenoptera");
-        let report = json_of(&run(
+        let report = ok_json(&edge_cached(
             &[
                 "finetune",
                 s(&data),
@@ -242,7 +226,7 @@ fn evaluate_and_predict_report_novelty_and_unknown() {
     let t = trained();
     let data = datasets().join("hymenoptera/val");
     let eval_out = t.out.parent().unwrap().join("eval");
-    let eval = json_of(&run(
+    let eval = ok_json(&edge_cached(
         &[
             "evaluate",
             "--head",
@@ -273,7 +257,7 @@ fn evaluate_and_predict_report_novelty_and_unknown() {
     ];
     args.extend(t.unknown_files.iter().map(|p| s(p).to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run(&args, &t.cache);
+    let out = edge_cached(&args, &t.cache);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let lines: Vec<Value> = stdout(&out)
         .lines()

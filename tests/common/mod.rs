@@ -1,6 +1,9 @@
 //! Paths to the shared read-only models and datasets beside the checkout, and small helpers.
 #![allow(dead_code)]
 
+pub mod http_server;
+pub mod served;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -115,12 +118,37 @@ pub fn edge_command() -> Command {
     cmd
 }
 
+/// `models fetch` and friends: downloads go to `cache`, run in `cwd`, and no model directory is
+/// searched but the cache (the shared models would otherwise count as a verified copy).
+pub fn fetch_command(cache: &Path, cwd: &Path) -> Command {
+    let mut cmd = edge_command();
+    cmd.current_dir(cwd)
+        .env("EDGE_MNV2_MODEL_CACHE", cache)
+        .env_remove("EDGE_MNV2_MODELS");
+    cmd
+}
+
 pub fn edge_in(args: &[&str], cwd: &Path) -> Output {
     edge_command()
         .args(args)
         .current_dir(cwd)
         .output()
         .expect("running edge-mnv2")
+}
+
+/// Runs the binary with the embedding cache in `cache` (a test's own, to count what it embeds).
+pub fn edge_cached(args: &[&str], cache: &Path) -> Output {
+    edge_command()
+        .args(args)
+        .env("EDGE_MNV2_CACHE", cache)
+        .output()
+        .expect("running edge-mnv2")
+}
+
+/// The JSON on stdout of a run that must have succeeded.
+pub fn ok_json(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
 pub fn stdout(o: &Output) -> String {
