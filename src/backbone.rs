@@ -131,6 +131,7 @@ impl Backbone {
         if with_scores && !spec.has_scores() {
             return Err(BackboneError::NoScores(spec.name.clone()));
         }
+        keep_freed_memory_for_the_next_frame();
         let load_err = |reason: String| BackboneError::Load {
             path: model.path.display().to_string(),
             name: spec.name.clone(),
@@ -304,6 +305,23 @@ impl Backbone {
                 )
             })
             .collect())
+    }
+}
+
+/// Every run allocates the plan's activation maps (up to ~5 MB each in f32) afresh. glibc gives
+/// such blocks back to the kernel when they are freed (the worker threads' arenas shrink their
+/// heaps past a 128 KiB pad), so the next frame page-faults them in again, zeroed: measured, 2.3
+/// million faults and a third of the CPU time over 397 images in f32. A 64 MiB pad keeps the
+/// freed pages for the next frame (24,000 faults, 34% less CPU), at the cost of holding on to
+/// memory the process already had at its peak.
+fn keep_freed_memory_for_the_next_frame() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // Safety: mallopt only sets an allocator parameter; it is called once, before frames run.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        });
     }
 }
 

@@ -118,7 +118,10 @@ fn finetune_reports_rejection_calibration_and_views() {
     let choice = &r["temperature_choice"];
     let used = choice["temperature"].as_f64().unwrap();
     assert_eq!(r["calibration"]["temperature"].as_f64().unwrap(), used);
-    assert!(used == 1.0 || used == choice["fitted"].as_f64().unwrap(), "{choice}");
+    assert!(
+        used == 1.0 || used == choice["fitted"].as_f64().unwrap(),
+        "{choice}"
+    );
     assert!(choice["cv_nll_plain"].as_f64().unwrap() > 0.0, "{choice}");
     assert_eq!(r["novelty"]["threshold_from"], "validation");
     assert!((r["novelty"]["keep_rate"].as_f64().unwrap() - 0.95).abs() < 1e-6);
