@@ -112,7 +112,7 @@ impl Cache {
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .map_err(anyhow::Error::from)
-            .and_then(|_| fsutil::write_atomic(&path, &bytes));
+            .and_then(|_| fsutil::write_atomic_unsynced(&path, &bytes));
         if let Err(e) = res {
             if !warned.swap(true, Ordering::Relaxed) {
                 log::warn!("embedding cache not writable, continuing without it: {e:#}");

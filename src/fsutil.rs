@@ -26,6 +26,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// As [`write_atomic`], without waiting for the disk: for derived data that checks itself when
+/// read back (the embedding cache's checksummed entries). A reader still sees the whole old file
+/// or the whole new one; after a power cut the new one may be empty or damaged, which the reader
+/// detects and recomputes. One fsync per entry would otherwise pace a finetune run of thousands of
+/// images by the disk (an SD card takes milliseconds to tens of milliseconds per fsync).
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = new_temp_file(dir, ".tmp")
+        .with_context(|| format!("{}: cannot create a file in this directory", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("{}: writing", dir.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}: replacing", path.display()))?;
+    Ok(())
+}
+
 /// A new, empty, hidden temporary file in `dir` (`.edge-mnv2-XXXXXX<suffix>`), deleted when
 /// dropped unless persisted, with mode 0666 & !umask (see the module's doc), so that persisting it
 /// gives an ordinary file. Every file this crate writes is made here.
