@@ -23,7 +23,8 @@ use crate::models::{self, Manifest, ModelFormat, Precision, ResolvedModel};
 pub struct BackboneChoice {
     /// A manifest name or a path; `None`: the default model (or, for a head, its own).
     pub model: Option<String>,
-    /// The arithmetic; `None`: this board's calibration, else f32.
+    /// The arithmetic; `None`: this board's calibration, else int8 (LiteRT's own arithmetic, so
+    /// the same numbers on every machine).
     pub precision: Option<Precision>,
 }
 
@@ -43,7 +44,7 @@ pub fn backbone(choice: &BackboneChoice, with_scores: bool) -> Result<Backbone> 
     let precision = choice
         .precision
         .or(calibrated.as_ref().map(|c| c.precision))
-        .unwrap_or(Precision::F32);
+        .unwrap_or(Precision::REFERENCE);
     let mut backbone = backbone_in(&resolved, precision, with_scores)?;
     // The calibrated thread count was measured for its own precision only.
     if let Some(c) = calibrated.filter(|c| c.precision == precision) {

@@ -31,7 +31,7 @@ pub struct ModelArg {
     /// Model name from `edge-mnv2 models`, or a path to a model file
     #[arg(long, short = 'm', value_name = "PATH|NAME")]
     pub model: Option<String>,
-    /// Arithmetic for TFLite models (default: this board's calibration, else f32)
+    /// Arithmetic for TFLite models (default: this board's calibration, else int8)
     #[arg(long, value_parser = precision_parser())]
     pub precision: Option<Precision>,
 }
