@@ -282,12 +282,12 @@ fn add(root: &Path, files: &[(usize, String)]) {
     }
 }
 
-/// Every image lands in exactly one split, the one its path hash names (a class the hash left
-/// without a training image lends one), and adding images moves no existing image, except such
-/// a loan, which goes back to its hash's split once the class has its own training image.
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Every image lands in exactly one split, the one its path hash names (a class the hash left
+    /// without a training image lends one), and adding images moves no existing image, except
+    /// such a loan, which goes back to its hash's split once the class has its own training image.
     #[test]
     fn the_hash_split_is_a_stable_partition(first in names(), added in names()) {
         let tmp = tempfile::tempdir().unwrap();
