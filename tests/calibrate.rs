@@ -139,23 +139,23 @@ fn calibrate_writes_a_table_and_a_file_that_classify_follows() {
     assert_eq!(c["precision"], chosen.as_str());
     assert_eq!(c["threads"], v["choice"]["threads"]);
 
-    // ...whatever it says: hand it int8 on 2 threads...
+    // ...whatever it says: hand it f32 (not the default, int8) on 2 threads...
     let mut edited = v.clone();
-    edited["choice"] = serde_json::json!({"precision": "int8", "threads": 2});
+    edited["choice"] = serde_json::json!({"precision": "f32", "threads": 2});
     std::fs::write(&cal, serde_json::to_string(&edited).unwrap()).unwrap();
     let c = classify_json(&cal, &[]);
-    assert_eq!(c["precision"], "int8");
+    assert_eq!(c["precision"], "f32");
     assert_eq!(c["threads"], if cfg!(feature = "threads") { 2 } else { 1 });
 
     // ...unless --precision says otherwise.
-    let c = classify_json(&cal, &["--precision", "f32"]);
-    assert_eq!(c["precision"], "f32");
+    let c = classify_json(&cal, &["--precision", "int8"]);
+    assert_eq!(c["precision"], "int8");
 
-    // A calibration made with another file is not applied to this one.
+    // A calibration made with another file is not applied to this one: the default, int8.
     edited["model_sha256"] = serde_json::json!("0".repeat(64));
     std::fs::write(&cal, serde_json::to_string(&edited).unwrap()).unwrap();
     let c = classify_json(&cal, &[]);
-    assert_eq!(c["precision"], "f32");
+    assert_eq!(c["precision"], "int8");
 }
 
 #[test]

@@ -88,13 +88,13 @@ fn reruns_damage_additions_and_precisions() {
     }
     assert_eq!(embed_counts(&data, &out, &cache, &[]), (2, 16));
 
-    // int8 arithmetic never reuses f32's embeddings, then has its own entries.
+    // f32 arithmetic never reuses the default int8's embeddings, then has its own entries.
     assert_eq!(
-        embed_counts(&data, &out, &cache, &["--precision", "int8"]),
+        embed_counts(&data, &out, &cache, &["--precision", "f32"]),
         (18, 0)
     );
     assert_eq!(
-        embed_counts(&data, &out, &cache, &["--precision", "int8"]),
+        embed_counts(&data, &out, &cache, &["--precision", "f32"]),
         (0, 18)
     );
     assert_eq!(embed_counts(&data, &out, &cache, &[]), (0, 18));
