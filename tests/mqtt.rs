@@ -201,33 +201,17 @@ impl Subscriber {
 /// A head trained once per test binary on hymenoptera/train.
 fn trained_head() -> &'static Path {
     static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &HEAD
-        .get_or_init(|| {
-            let tmp = tempfile::tempdir().unwrap();
-            let out = tmp.path().join("head");
-            let data = shared().join("datasets/hymenoptera/train");
-            let o = edge_command()
-                .args(["finetune", s(&data), "--out", s(&out)])
-                .args(["--augment", "0", "--epochs", "30"])
-                .env("EDGE_MNV2_MODELS", models_dir())
-                .env("EDGE_MNV2_CACHE", tmp.path().join("cache"))
-                .env_remove("RUST_LOG")
-                .output()
-                .unwrap();
-            assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
-            (tmp, out.join("head.json"))
-        })
-        .1
+    let (_, file) = HEAD.get_or_init(|| {
+        let train = |_: &Path| shared().join("datasets/hymenoptera/train");
+        let (tmp, dir) = train_head(train, &["--augment", "0", "--epochs", "30"]);
+        (tmp, dir.join("head.json"))
+    });
+    file
 }
 
 /// A copy of the trained head in `dir/name/`, optionally changed, returned as its directory.
 fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let mut head = Head::load(trained_head()).unwrap();
-    change(&mut head);
-    head.save(&d.join("head.json")).unwrap();
-    d
+    common::head_in(trained_head(), dir, name, change)
 }
 
 /// `serve --no-http <args>`.

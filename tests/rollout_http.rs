@@ -28,31 +28,25 @@ fn s(p: &Path) -> &str {
 /// A small head (8 images a class, one view, no augmentation) trained once per test binary.
 fn trained_head() -> &'static Path {
     static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &HEAD
-        .get_or_init(|| {
-            let tmp = tempfile::tempdir().unwrap();
-            let data = small_hymenoptera(tmp.path(), 8);
-            let out = tmp.path().join("head");
-            let o = edge_command()
-                .args(["finetune", s(&data), "--out", s(&out)])
-                .args(["--augment", "0", "--epochs", "20", "--views", "1"])
-                .args(["--no-cache"])
-                .output()
-                .unwrap();
-            assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
-            (tmp, out.join("head.json"))
-        })
-        .1
+    let args = [
+        "--augment",
+        "0",
+        "--epochs",
+        "20",
+        "--views",
+        "1",
+        "--no-cache",
+    ];
+    let (_, file) = HEAD.get_or_init(|| {
+        let (tmp, dir) = train_head(|t| small_hymenoptera(t, 8), &args);
+        (tmp, dir.join("head.json"))
+    });
+    file
 }
 
 /// A copy of the trained head in `dir/name/head.json`, optionally changed; returns the directory.
 fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let mut head = Head::load(trained_head()).unwrap();
-    change(&mut head);
-    head.save(&d.join("head.json")).unwrap();
-    d
+    common::head_in(trained_head(), dir, name, change)
 }
 
 fn sha256_of_file(file: &Path) -> String {

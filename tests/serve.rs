@@ -28,23 +28,12 @@ fn s(p: &Path) -> &str {
 /// temporary directory for the life of the binary.
 fn trained_head() -> &'static Path {
     static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &HEAD
-        .get_or_init(|| {
-            let tmp = tempfile::tempdir().unwrap();
-            let out = tmp.path().join("head");
-            let o = edge_command()
-                .args(["finetune", s(&hymenoptera().join("train")), "--out"])
-                .arg(&out)
-                .args(["--augment", "0", "--epochs", "60"])
-                .env("EDGE_MNV2_MODELS", models_dir())
-                .env("EDGE_MNV2_CACHE", tmp.path().join("cache"))
-                .env_remove("RUST_LOG")
-                .output()
-                .unwrap();
-            assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
-            (tmp, out.join("head.json"))
-        })
-        .1
+    let (_, file) = HEAD.get_or_init(|| {
+        let train = |_: &Path| hymenoptera().join("train");
+        let (tmp, dir) = train_head(train, &["--augment", "0", "--epochs", "60"]);
+        (tmp, dir.join("head.json"))
+    });
+    file
 }
 
 /// A copy of the trained head in `dir` (so a test can replace it under the running service).

@@ -26,19 +26,9 @@ fn s(p: &Path) -> &str {
 /// A small head (8 images a class, no augmentation) trained once per test binary.
 fn head() -> &'static Path {
     static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let args = ["--augment", "0", "--epochs", "20", "--no-cache"];
     &HEAD
-        .get_or_init(|| {
-            let tmp = tempfile::tempdir().unwrap();
-            let data = small_hymenoptera(tmp.path(), 8);
-            let out = tmp.path().join("head");
-            let o = edge_command()
-                .args(["finetune", s(&data), "--out", s(&out)])
-                .args(["--augment", "0", "--epochs", "20", "--no-cache"])
-                .output()
-                .unwrap();
-            assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
-            (tmp, out)
-        })
+        .get_or_init(|| train_head(|t| small_hymenoptera(t, 8), &args))
         .1
 }
 

@@ -217,3 +217,42 @@ pub fn write_calibration(path: &Path, precision: edge_mnv2::models::Precision) {
     };
     cal.save(path).unwrap();
 }
+
+/// Trains a head with `finetune DATA --out TMP/head ARGS` (DATA made by `data` inside TMP, its own
+/// embedding cache there too) and returns TMP, to keep alive, and the head's directory. Test
+/// binaries keep the result in a `OnceLock` so each trains once.
+pub fn train_head(
+    data: impl FnOnce(&Path) -> PathBuf,
+    args: &[&str],
+) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path());
+    let out = tmp.path().join("head");
+    let o = edge_command()
+        .arg("finetune")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args(args)
+        .env("EDGE_MNV2_CACHE", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
+    (tmp, out)
+}
+
+/// A copy of the head file `source` in `dir/name/head.json`, optionally changed; returns the
+/// directory.
+pub fn head_in(
+    source: &Path,
+    dir: &Path,
+    name: &str,
+    change: impl FnOnce(&mut edge_mnv2::head::Head),
+) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let mut head = edge_mnv2::head::Head::load(source).unwrap();
+    change(&mut head);
+    head.save(&d.join("head.json")).unwrap();
+    d
+}
