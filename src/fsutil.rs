@@ -15,11 +15,7 @@ use anyhow::{Context, Result};
 
 /// Atomically replaces `path` with `bytes`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = synced_temp_file(dir, bytes)?;
+    let tmp = synced_temp_file(parent_dir(path), bytes)?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("{}: replacing", path.display()))?;
@@ -32,10 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// detects and recomputes. One fsync per entry would otherwise pace a finetune run of thousands of
 /// images by the disk (an SD card takes milliseconds to tens of milliseconds per fsync).
 pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let mut tmp = new_temp_file(dir, ".tmp")
         .with_context(|| format!("{}: cannot create a file in this directory", dir.display()))?;
     tmp.write_all(bytes)
@@ -44,6 +37,14 @@ pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| e.error)
         .with_context(|| format!("{}: replacing", path.display()))?;
     Ok(())
+}
+
+/// The directory a file `path` is replaced in: its parent, or `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// A new, empty, hidden temporary file in `dir` (`.edge-mnv2-XXXXXX<suffix>`), deleted when
