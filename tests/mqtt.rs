@@ -55,38 +55,149 @@ fn mosquitto_available(test: &str) -> bool {
     found
 }
 
-/// A Mosquitto broker on a free loopback port, with user/password authentication.
+/// A free port on 127.0.0.1 (bound, then released for the broker).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test CA and a server certificate it signed for `IP:127.0.0.1`, made with `openssl`.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// `None` (printing the skip) where `openssl` is missing, unless CI's variable requires it.
+    fn make(test: &str) -> Option<TestPki> {
+        let found = Command::new("openssl")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(
+                std::env::var("EDGE_MNV2_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
+                "{test}: openssl is not installed and EDGE_MNV2_REQUIRE_MOSQUITTO=1"
+            );
+            eprintln!("{test}: SKIPPED: openssl is not installed (apt-get install openssl)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let o = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
+        };
+        let new_p256_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=edge-mnv2 test CA",
+            ][..],
+            &new_p256_key,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat());
+        run(&[
+            &["req", "-subj", "/CN=127.0.0.1"][..],
+            &new_p256_key,
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat());
+        std::fs::write(d.join("server.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        // Mosquitto started as root reads its key after dropping to its own user: this
+        // throwaway key and its folder must be readable by others.
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [(d.to_path_buf(), 0o755), (d.join("server.key"), 0o644)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        Some(TestPki { dir })
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A Mosquitto broker on a free loopback port, with user/password authentication, and with
+/// [`Broker::start_tls`] a second, TLS listener.
 struct Broker {
     dir: tempfile::TempDir,
     port: u16,
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(None)
+    }
+
+    fn start_tls(pki: &TestPki) -> Broker {
+        Broker::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&TestPki>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let passwords = dir.path().join("passwords");
         let o = Command::new("mosquitto_passwd")
             .args(["-b", "-c", s(&passwords), USER, PASSWORD])
             .output()
             .expect("mosquitto_passwd");
         assert!(o.status.success(), "{}", stderr(&o));
-        std::fs::write(
-            dir.path().join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
-                passwords.display()
-            ),
-        )
-        .unwrap();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
+            passwords.display()
+        );
+        let tls_port = pki.map(|pki| {
+            let tls_port = free_port();
+            conf += &format!(
+                "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+                pki.file("server.pem").display(),
+                pki.file("server.key").display()
+            );
+            tls_port
+        });
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut broker = Broker {
             dir,
             port,
+            tls_port,
             child: None,
         };
         broker.up();
@@ -102,9 +213,11 @@ impl Broker {
             .expect("starting mosquitto");
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < end, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        for port in [Some(self.port), self.tls_port].into_iter().flatten() {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < end, "mosquitto did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
@@ -117,6 +230,10 @@ impl Broker {
 
     fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn tls_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.tls_port.unwrap())
     }
 }
 
@@ -221,6 +338,11 @@ fn start_served(args: &[&str]) -> Served {
 
 /// A config file for a board: broker credentials, token, and `extra` lines.
 fn board_config(dir: &Path, board: &str, broker: &Broker, extra: &str) -> PathBuf {
+    board_config_at(dir, board, &broker.url(), extra)
+}
+
+/// [`board_config`] for the broker at `url`.
+fn board_config_at(dir: &Path, board: &str, url: &str, extra: &str) -> PathBuf {
     std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
     // A token file others can read is refused (src/serve/auth.rs).
@@ -233,8 +355,7 @@ fn board_config(dir: &Path, board: &str, broker: &Broker, extra: &str) -> PathBu
     std::fs::write(
         &p,
         format!(
-            "mqtt = \"{}\"\nboard = \"{board}\"\nmqtt_username = \"{USER}\"\nmqtt_password_file = \"password\"\ntoken_file = \"token\"\n{extra}",
-            broker.url()
+            "mqtt = \"{url}\"\nboard = \"{board}\"\nmqtt_username = \"{USER}\"\nmqtt_password_file = \"password\"\ntoken_file = \"token\"\n{extra}"
         ),
     )
     .unwrap();
@@ -399,6 +520,166 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
         lines.iter().all(|l| l["dropped"] == 0),
         "frames were dropped"
     );
+}
+
+/// hymenoptera/val/`class`'s images, sorted by name.
+fn val_images(class: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(val().join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn changes_mode_publishes_label_changes_and_heartbeats() {
+    if !mosquitto_available("changes_mode_publishes_label_changes_and_heartbeats") {
+        return;
+    }
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker);
+    let tmp = tempfile::tempdir().unwrap();
+    let head = head_in(tmp.path(), "head", |_| {});
+    let heartbeat = 0.6;
+    let config = board_config(
+        tmp.path(),
+        "pi1",
+        &broker,
+        &format!("mqtt_publish = \"changes\"\nmqtt_heartbeat_s = {heartbeat}\n"),
+    );
+    // Four ants, four bees, four other ants, in this order (a folder is read sorted), at 4
+    // frames/s: each run of one label lasts about a second, longer than the heartbeat.
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    let (ants, bees) = (val_images("ants"), val_images("bees"));
+    for (i, image) in [&ants[..4], &bees[..4], &ants[4..8]]
+        .concat()
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(image, frames.join(format!("{i:02}.jpg"))).unwrap();
+    }
+    let mut served = start_served(&[
+        "--head",
+        s(&head),
+        "--config",
+        s(&config),
+        "--source",
+        s(&frames),
+        "--fps",
+        "4",
+        "--frames",
+        "12",
+    ]);
+    assert_eq!(
+        served.exit(Duration::from_secs(180)),
+        Some(0),
+        "{}",
+        served.log()
+    );
+    let lines = served.lines();
+    assert_eq!(lines.len(), 12);
+
+    // The rule, replayed on stdout's results: a result goes out when its label differs from
+    // the last one published, or when the heartbeat has passed since then. At 4 frames/s the
+    // gaps are multiples of 0.25 s, far from the 0.6 s threshold.
+    let mut expected: Vec<&Value> = Vec::new();
+    let (mut changes, mut heartbeats) = (0, 0);
+    for line in &lines {
+        match expected.last() {
+            Some(last) if last["label"] != line["label"] => changes += 1,
+            Some(last)
+                if line["ts"].as_f64().unwrap() - last["ts"].as_f64().unwrap() >= heartbeat =>
+            {
+                heartbeats += 1
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        expected.push(line);
+    }
+    assert!(
+        changes >= 1 && heartbeats >= 1 && expected.len() < lines.len(),
+        "the frames exercise both rules and skip some: {changes} changes, {heartbeats} heartbeats, {} of {} published",
+        expected.len(),
+        lines.len()
+    );
+    sub.wait("the published results", Duration::from_secs(10), |s| {
+        s.on("edge-mnv2/pi1/state").len() >= expected.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let published = sub.json_on("edge-mnv2/pi1/state");
+    assert_eq!(
+        published.iter().collect::<Vec<_>>(),
+        expected,
+        "label changes and heartbeats only"
+    );
+}
+
+#[test]
+fn mqtts_verifies_the_broker_against_the_configured_ca() {
+    if !mosquitto_available("mqtts_verifies_the_broker_against_the_configured_ca") {
+        return;
+    }
+    let Some(pki) = TestPki::make("mqtts_verifies_the_broker_against_the_configured_ca") else {
+        return;
+    };
+    let broker = Broker::start_tls(&pki);
+    let sub = Subscriber::start(&broker);
+    let tmp = tempfile::tempdir().unwrap();
+    let head = head_in(tmp.path(), "head", |_| {});
+    let ants = val().join("ants");
+
+    // With the test CA configured, results go over TLS (and reach a plain-listener subscriber).
+    let ca_line = format!("mqtt_ca_file = \"{}\"\n", pki.file("ca.pem").display());
+    let config = board_config_at(tmp.path(), "tls", &broker.tls_url(), &ca_line);
+    let mut served = start_served(&[
+        "--head",
+        s(&head),
+        "--config",
+        s(&config),
+        "--source",
+        s(&ants),
+        "--frames",
+        "6",
+    ]);
+    assert_eq!(
+        served.exit(Duration::from_secs(180)),
+        Some(0),
+        "{}",
+        served.log()
+    );
+    let lines = served.lines();
+    assert_eq!(lines.len(), 6);
+    sub.wait("6 results over TLS", Duration::from_secs(10), |s| {
+        s.on("edge-mnv2/tls/state").len() >= 6
+    });
+    assert_eq!(sub.json_on("edge-mnv2/tls/state"), lines);
+
+    // Without it, the compiled-in roots do not know the broker's certificate: the connection is
+    // refused, nothing is published, and the frames still come out on stdout.
+    let config = board_config_at(tmp.path(), "untrusted", &broker.tls_url(), "");
+    let mut served = start_served(&[
+        "--head",
+        s(&head),
+        "--config",
+        s(&config),
+        "--source",
+        s(&ants),
+        "--fps",
+        "4",
+    ]);
+    served.wait_for_log("the refused connection", Duration::from_secs(120), |log| {
+        log.contains("MQTT: cannot connect")
+    });
+    served.wait("frames", Duration::from_secs(60), |s| s.lines().len() >= 4);
+    assert_eq!(served.terminate().1, Some(0), "{}", served.log());
+    let log = served.log();
+    assert!(log.contains("UnknownIssuer"), "{log}");
+    assert!(!log.contains("MQTT: connected"), "{log}");
+    assert!(sub.on("edge-mnv2/untrusted/state").is_empty());
+    assert!(sub.on("edge-mnv2/untrusted/availability").is_empty());
 }
 
 fn sha256_of(dir: &Path) -> String {
