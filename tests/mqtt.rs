@@ -1,9 +1,10 @@
 //! `serve --mqtt` and `push-head` against a real Mosquitto broker, started here on a free
 //! 127.0.0.1 port with a password file: per-frame results, Home Assistant discovery, the last
-//! will on `kill -9`, reconnecting after a broker restart without losing a JSON line, and head
-//! rollout to two boards (refusals and rollback included).
+//! will on `kill -9`, reconnecting after a broker restart without losing a JSON line, the
+//! `changes` publish mode, `mqtts://` against a test CA, and head rollout to two boards
+//! (refusals and rollback included).
 //!
-//! Without `mosquitto` installed these tests print that they skip, unless
+//! Without `mosquitto` (or, for TLS, `openssl`) these tests print that they skip, unless
 //! `EDGE_MNV2_REQUIRE_MOSQUITTO=1` (CI) turns the skip into a failure.
 #![cfg(feature = "mqtt")]
 
