@@ -40,8 +40,14 @@ fn val() -> PathBuf {
 
 /// Whether `mosquitto` can run here; prints the skip (or fails under the CI variable).
 fn mosquitto_available(test: &str) -> bool {
-    let found = Command::new("mosquitto")
-        .arg("-h")
+    tool_available(test, "mosquitto", "-h")
+}
+
+/// Whether `tool` (run with `probe`) is installed; prints the skip, or fails when CI's
+/// `EDGE_MNV2_REQUIRE_MOSQUITTO=1` says it must be.
+fn tool_available(test: &str, tool: &str, probe: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(probe)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -49,9 +55,9 @@ fn mosquitto_available(test: &str) -> bool {
     if !found {
         assert!(
             std::env::var("EDGE_MNV2_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-            "{test}: mosquitto is not installed and EDGE_MNV2_REQUIRE_MOSQUITTO=1"
+            "{test}: {tool} is not installed and EDGE_MNV2_REQUIRE_MOSQUITTO=1"
         );
-        eprintln!("{test}: SKIPPED: mosquitto is not installed (apt-get install mosquitto)");
+        eprintln!("{test}: SKIPPED: {tool} is not installed (apt-get install {tool})");
     }
     found
 }
@@ -73,17 +79,7 @@ struct TestPki {
 impl TestPki {
     /// `None` (printing the skip) where `openssl` is missing, unless CI's variable requires it.
     fn make(test: &str) -> Option<TestPki> {
-        let found = Command::new("openssl")
-            .arg("version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                std::env::var("EDGE_MNV2_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-                "{test}: openssl is not installed and EDGE_MNV2_REQUIRE_MOSQUITTO=1"
-            );
-            eprintln!("{test}: SKIPPED: openssl is not installed (apt-get install openssl)");
+        if !tool_available(test, "openssl", "version") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -337,6 +333,36 @@ fn start_served(args: &[&str]) -> Served {
     Served::start(&[&["--no-http"], args].concat())
 }
 
+/// `serve` on `n` frames of `source` to the end (exit 0), with `extra` arguments: its JSON lines.
+fn replay(head: &Path, config: &Path, source: &Path, n: usize, extra: &[&str]) -> Vec<Value> {
+    let n_text = n.to_string();
+    let mut served = start_served(
+        &[
+            &[
+                "--head",
+                s(head),
+                "--config",
+                s(config),
+                "--source",
+                s(source),
+                "--frames",
+                &n_text,
+            ][..],
+            extra,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        served.exit(Duration::from_secs(180)),
+        Some(0),
+        "{}",
+        served.log()
+    );
+    let lines = served.lines();
+    assert_eq!(lines.len(), n, "{}", served.log());
+    lines
+}
+
 /// A config file for a board: broker credentials, token, and `extra` lines.
 fn board_config(dir: &Path, board: &str, broker: &Broker, extra: &str) -> PathBuf {
     board_config_at(dir, board, &broker.url(), extra)
@@ -376,24 +402,7 @@ fn results_discovery_availability_and_last_will() {
     let ants = val().join("ants");
 
     // A bounded replay: every frame on stdout is also on the state topic, in order.
-    let mut served = start_served(&[
-        "--head",
-        s(&head),
-        "--config",
-        s(&config),
-        "--source",
-        s(&ants),
-        "--frames",
-        "12",
-    ]);
-    assert_eq!(
-        served.exit(Duration::from_secs(180)),
-        Some(0),
-        "{}",
-        served.log()
-    );
-    let lines = served.lines();
-    assert_eq!(lines.len(), 12);
+    let lines = replay(&head, &config, &ants, 12, &[]);
     sub.wait("12 results", Duration::from_secs(10), |s| {
         s.on("edge-mnv2/pi1/state").len() >= 12
     });
@@ -561,26 +570,7 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
     {
         std::fs::copy(image, frames.join(format!("{i:02}.jpg"))).unwrap();
     }
-    let mut served = start_served(&[
-        "--head",
-        s(&head),
-        "--config",
-        s(&config),
-        "--source",
-        s(&frames),
-        "--fps",
-        "4",
-        "--frames",
-        "12",
-    ]);
-    assert_eq!(
-        served.exit(Duration::from_secs(180)),
-        Some(0),
-        "{}",
-        served.log()
-    );
-    let lines = served.lines();
-    assert_eq!(lines.len(), 12);
+    let lines = replay(&head, &config, &frames, 12, &["--fps", "4"]);
 
     // The rule, replayed on stdout's results: a result goes out when its label differs from
     // the last one published, or when the heartbeat has passed since then. At 4 frames/s the
@@ -635,24 +625,7 @@ fn mqtts_verifies_the_broker_against_the_configured_ca() {
     // With the test CA configured, results go over TLS (and reach a plain-listener subscriber).
     let ca_line = format!("mqtt_ca_file = \"{}\"\n", pki.file("ca.pem").display());
     let config = board_config_at(tmp.path(), "tls", &broker.tls_url(), &ca_line);
-    let mut served = start_served(&[
-        "--head",
-        s(&head),
-        "--config",
-        s(&config),
-        "--source",
-        s(&ants),
-        "--frames",
-        "6",
-    ]);
-    assert_eq!(
-        served.exit(Duration::from_secs(180)),
-        Some(0),
-        "{}",
-        served.log()
-    );
-    let lines = served.lines();
-    assert_eq!(lines.len(), 6);
+    let lines = replay(&head, &config, &ants, 6, &[]);
     sub.wait("6 results over TLS", Duration::from_secs(10), |s| {
         s.on("edge-mnv2/tls/state").len() >= 6
     });
