@@ -30,6 +30,60 @@ fn legend(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
+/// A chart builder with the report's caption font, margin and axis label room.
+fn framed<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, FONT)
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50);
+    builder
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf32, plotters::coord::types::RangedCoordf32>,
+>;
+
+/// A black vertical line at `x`, from the axis to `top`, named `label` in the legend.
+fn vertical_marker(
+    chart: &mut Chart,
+    plot: &'static str,
+    (x, top): (f32, f32),
+    width: u32,
+    label: String,
+) -> Result<(), PlotError> {
+    chart
+        .draw_series(LineSeries::new(
+            [(x, 0.0), (x, top)],
+            BLACK.stroke_width(width),
+        ))
+        .map_err(fail(plot))?
+        .label(label)
+        .legend(legend(BLACK));
+    Ok(())
+}
+
+/// The legend box, at `position`, over a light background.
+fn draw_legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    plot: &'static str,
+    position: SeriesLabelPosition,
+) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(fail(plot))
+}
+
 /// Loss and accuracy per epoch, training and validation, with the best epoch marked.
 pub fn training(history: &[EpochStats], best_epoch: usize) -> Result<String, PlotError> {
     const P: &str = "training curves";
@@ -52,11 +106,7 @@ pub fn training(history: &[EpochStats], best_epoch: usize) -> Result<String, Plo
                 .fold(0f32, f32::max)
                 .max(1e-3)
                 * 1.05;
-            let mut chart = ChartBuilder::on(area)
-                .caption(format!("{name} per epoch"), FONT)
-                .margin(12)
-                .x_label_area_size(35)
-                .y_label_area_size(50)
+            let mut chart = framed(area, &format!("{name} per epoch"))
                 .build_cartesian_2d(1f32..epochs.max(2.0), 0f32..top)
                 .map_err(fail(P))?;
             chart
@@ -82,21 +132,9 @@ pub fn training(history: &[EpochStats], best_epoch: usize) -> Result<String, Plo
                     .label(format!("{label} {name}"))
                     .legend(legend(color));
             }
-            let best = best_epoch as f32;
-            chart
-                .draw_series(LineSeries::new(
-                    [(best, 0.0), (best, top)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(fail(P))?
-                .label(format!("best epoch {best_epoch}"))
-                .legend(legend(BLACK));
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(fail(P))?;
+            let best = (best_epoch as f32, top);
+            vertical_marker(&mut chart, P, best, 1, format!("best epoch {best_epoch}"))?;
+            draw_legend(&mut chart, P, SeriesLabelPosition::MiddleRight)?;
         }
         root.present().map_err(fail(P))?;
     }
@@ -169,11 +207,7 @@ pub fn reliability(before: &[Bin], after: &[Bin], temperature: f32) -> Result<St
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(fail(P))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("reliability diagram (test split)", FONT)
-            .margin(12)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
+        let mut chart = framed(&root, "reliability diagram (test split)")
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(fail(P))?;
         chart
@@ -203,13 +237,7 @@ pub fn reliability(before: &[Bin], after: &[Bin], temperature: f32) -> Result<St
                 .label(label)
                 .legend(legend(color));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(fail(P))?;
+        draw_legend(&mut chart, P, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(fail(P))?;
     }
     Ok(svg)
@@ -239,11 +267,7 @@ pub fn novelty(known: &[f32], unknown: &[f32], threshold: f32) -> Result<String,
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(fail(P))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("novelty: known test images vs unknown images", FONT)
-            .margin(12)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
+        let mut chart = framed(&root, "novelty: known test images vs unknown images")
             .build_cartesian_2d(0f32..max, 0f32..top)
             .map_err(fail(P))?;
         chart
@@ -266,20 +290,9 @@ pub fn novelty(known: &[f32], unknown: &[f32], threshold: f32) -> Result<String,
                 .label(label)
                 .legend(legend(color));
         }
-        chart
-            .draw_series(LineSeries::new(
-                [(threshold, 0.0), (threshold, top)],
-                BLACK.stroke_width(2),
-            ))
-            .map_err(fail(P))?
-            .label(format!("threshold {threshold:.4}"))
-            .legend(legend(BLACK));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(fail(P))?;
+        let label = format!("threshold {threshold:.4}");
+        vertical_marker(&mut chart, P, (threshold, top), 2, label)?;
+        draw_legend(&mut chart, P, SeriesLabelPosition::MiddleRight)?;
         root.present().map_err(fail(P))?;
     }
     Ok(svg)
