@@ -151,7 +151,7 @@ impl TestPki {
 }
 
 /// A Mosquitto broker on a free loopback port, with user/password authentication, and with
-/// [`Broker::start_tls`] a second, TLS listener.
+/// a [`TestPki`], a second, TLS listener.
 struct Broker {
     dir: tempfile::TempDir,
     port: u16,
@@ -162,10 +162,6 @@ struct Broker {
 impl Broker {
     fn start() -> Broker {
         Broker::start_with(None)
-    }
-
-    fn start_tls(pki: &TestPki) -> Broker {
-        Broker::start_with(Some(pki))
     }
 
     fn start_with(pki: Option<&TestPki>) -> Broker {
@@ -333,6 +329,30 @@ fn start_served(args: &[&str]) -> Served {
     Served::start(&[&["--no-http"], args].concat())
 }
 
+/// What most tests start from: a broker (with a TLS listener given a PKI), a subscriber on
+/// `#`, and a folder holding a copy of the trained head.
+struct Bench {
+    broker: Broker,
+    sub: Subscriber,
+    tmp: tempfile::TempDir,
+    head: PathBuf,
+}
+
+impl Bench {
+    fn start(pki: Option<&TestPki>) -> Bench {
+        let broker = Broker::start_with(pki);
+        let sub = Subscriber::start(&broker);
+        let tmp = tempfile::tempdir().unwrap();
+        let head = head_in(tmp.path(), "head", |_| {});
+        Bench {
+            broker,
+            sub,
+            tmp,
+            head,
+        }
+    }
+}
+
 /// `serve` on `n` frames of `source` to the end (exit 0), with `extra` arguments: its JSON lines.
 fn replay(head: &Path, config: &Path, source: &Path, n: usize, extra: &[&str]) -> Vec<Value> {
     let n_text = n.to_string();
@@ -394,10 +414,12 @@ fn results_discovery_availability_and_last_will() {
     if !mosquitto_available("results_discovery_availability_and_last_will") {
         return;
     }
-    let broker = Broker::start();
-    let sub = Subscriber::start(&broker);
-    let tmp = tempfile::tempdir().unwrap();
-    let head = head_in(tmp.path(), "head", |_| {});
+    let Bench {
+        broker,
+        sub,
+        tmp,
+        head,
+    } = Bench::start(None);
     let config = board_config(tmp.path(), "pi1", &broker, "");
     let ants = val().join("ants");
 
@@ -547,10 +569,12 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
     if !mosquitto_available("changes_mode_publishes_label_changes_and_heartbeats") {
         return;
     }
-    let broker = Broker::start();
-    let sub = Subscriber::start(&broker);
-    let tmp = tempfile::tempdir().unwrap();
-    let head = head_in(tmp.path(), "head", |_| {});
+    let Bench {
+        broker,
+        sub,
+        tmp,
+        head,
+    } = Bench::start(None);
     let heartbeat = 0.6;
     let config = board_config(
         tmp.path(),
@@ -616,10 +640,12 @@ fn mqtts_verifies_the_broker_against_the_configured_ca() {
     let Some(pki) = TestPki::make("mqtts_verifies_the_broker_against_the_configured_ca") else {
         return;
     };
-    let broker = Broker::start_tls(&pki);
-    let sub = Subscriber::start(&broker);
-    let tmp = tempfile::tempdir().unwrap();
-    let head = head_in(tmp.path(), "head", |_| {});
+    let Bench {
+        broker,
+        sub,
+        tmp,
+        head,
+    } = Bench::start(Some(&pki));
     let ants = val().join("ants");
 
     // With the test CA configured, results go over TLS (and reach a plain-listener subscriber).
