@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
@@ -33,38 +34,40 @@ fn classify_json(cal: &Path, extra: &[&str]) -> Value {
     v
 }
 
+/// `calibrate --threads THREADS <args>` on an `images.txt` (a `# comment` line, then `images`) in
+/// a temporary folder: that folder (kept alive), the `--out` file's path and the output.
+fn calibrate_on(
+    comment: &str,
+    images: &[PathBuf],
+    args: &[&str],
+) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("images");
+    std::fs::create_dir(&folder).unwrap();
+    let list: String = images
+        .iter()
+        .map(|f| format!("{}\n", f.display()))
+        .collect();
+    std::fs::write(folder.join("images.txt"), format!("# {comment}\n{list}")).unwrap();
+    let cal = dir.path().join("board.json");
+    let out = edge(
+        &[
+            &["calibrate", "--images", folder.to_str().unwrap()][..],
+            &["--threads", THREADS, "--out", cal.to_str().unwrap()],
+            args,
+        ]
+        .concat(),
+    );
+    (dir, cal, out)
+}
+
 #[test]
 fn calibrate_writes_a_table_and_a_file_that_classify_follows() {
-    let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    let list: String = GOLDEN_IMAGES
+    let golden: Vec<PathBuf> = GOLDEN_IMAGES
         .iter()
-        .map(|n| {
-            format!(
-                "{}\n",
-                models_dir().join(format!("images/{n}.bmp")).display()
-            )
-        })
+        .map(|n| models_dir().join(format!("images/{n}.bmp")))
         .collect();
-    std::fs::write(
-        images.join("images.txt"),
-        format!("# golden frames\n{list}"),
-    )
-    .unwrap();
-    let cal = dir.path().join("board.json");
-
-    let out = edge(&[
-        "calibrate",
-        "--images",
-        images.to_str().unwrap(),
-        "--threads",
-        THREADS,
-        "--runs",
-        "2",
-        "--out",
-        cal.to_str().unwrap(),
-    ]);
+    let (_dir, cal, out) = calibrate_on("golden frames", &golden, &["--runs", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     eprintln!("{table}");
@@ -202,33 +205,20 @@ fn calibrate_refuses_an_onnx_model() {
 /// reference, is chosen whatever the timings.
 #[test]
 fn rows_below_min_agreement_are_out_of_budget_and_never_chosen() {
-    let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
     let val = shared().join("datasets/hymenoptera/val");
-    let list: String = [
+    let near_ties: Vec<PathBuf> = [
         "ants/Hormiga.jpg",
         "bees/1519368889_4270261ee3.jpg",
         "bees/54736755_c057723f64.jpg",
     ]
     .iter()
-    .map(|f| format!("{}\n", val.join(f).display()))
+    .map(|f| val.join(f))
     .collect();
-    std::fs::write(images.join("images.txt"), list).unwrap();
-    let cal = dir.path().join("board.json");
-    let out = edge(&[
-        "calibrate",
-        "--images",
-        images.to_str().unwrap(),
-        "--threads",
-        THREADS,
-        "--runs",
-        "1",
-        "--min-agreement",
-        "1",
-        "--out",
-        cal.to_str().unwrap(),
-    ]);
+    let (_dir, cal, out) = calibrate_on(
+        "near-ties",
+        &near_ties,
+        &["--runs", "1", "--min-agreement", "1"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
     assert_eq!(v["min_top1_agreement"], 1.0, "{v}");

@@ -324,54 +324,36 @@ fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
     common::head_in(trained_head(), dir, name, change)
 }
 
-/// `serve --no-http <args>`.
-fn start_served(args: &[&str]) -> Served {
-    Served::start(&[&["--no-http"], args].concat())
+/// `serve --no-http --head HEAD --config CONFIG --source SOURCE <extra>`.
+fn start_served(head: &Path, config: &Path, source: &Path, extra: &[&str]) -> Served {
+    let (head, config, source) = (s(head), s(config), s(source));
+    let args = [
+        "--no-http",
+        "--head",
+        head,
+        "--config",
+        config,
+        "--source",
+        source,
+    ];
+    Served::start(&[&args[..], extra].concat())
 }
 
 /// What most tests start from: a broker (with a TLS listener given a PKI), a subscriber on
-/// `#`, and a folder holding a copy of the trained head.
-struct Bench {
-    broker: Broker,
-    sub: Subscriber,
-    tmp: tempfile::TempDir,
-    head: PathBuf,
-}
-
-impl Bench {
-    fn start(pki: Option<&TestPki>) -> Bench {
-        let broker = Broker::start_with(pki);
-        let sub = Subscriber::start(&broker);
-        let tmp = tempfile::tempdir().unwrap();
-        let head = head_in(tmp.path(), "head", |_| {});
-        Bench {
-            broker,
-            sub,
-            tmp,
-            head,
-        }
-    }
+/// `#`, and a folder holding a copy of the trained head (returned as its directory).
+fn bench(pki: Option<&TestPki>) -> (Broker, Subscriber, tempfile::TempDir, PathBuf) {
+    let broker = Broker::start_with(pki);
+    let sub = Subscriber::start(&broker);
+    let tmp = tempfile::tempdir().unwrap();
+    let head = head_in(tmp.path(), "head", |_| {});
+    (broker, sub, tmp, head)
 }
 
 /// `serve` on `n` frames of `source` to the end (exit 0), with `extra` arguments: its JSON lines.
 fn replay(head: &Path, config: &Path, source: &Path, n: usize, extra: &[&str]) -> Vec<Value> {
     let n_text = n.to_string();
-    let mut served = start_served(
-        &[
-            &[
-                "--head",
-                s(head),
-                "--config",
-                s(config),
-                "--source",
-                s(source),
-                "--frames",
-                &n_text,
-            ][..],
-            extra,
-        ]
-        .concat(),
-    );
+    let extra = [&["--frames", &n_text][..], extra].concat();
+    let mut served = start_served(head, config, source, &extra);
     assert_eq!(
         served.exit(Duration::from_secs(180)),
         Some(0),
@@ -414,12 +396,7 @@ fn results_discovery_availability_and_last_will() {
     if !mosquitto_available("results_discovery_availability_and_last_will") {
         return;
     }
-    let Bench {
-        broker,
-        sub,
-        tmp,
-        head,
-    } = Bench::start(None);
+    let (broker, sub, tmp, head) = bench(None);
     let config = board_config(tmp.path(), "pi1", &broker, "");
     let ants = val().join("ants");
 
@@ -470,18 +447,7 @@ fn results_discovery_availability_and_last_will() {
     }
 
     // Last will: a board killed with SIGKILL is marked offline by the broker.
-    let mut served = start_served(&[
-        "--head",
-        s(&head),
-        "--config",
-        s(&config),
-        "--board",
-        "pi2",
-        "--source",
-        s(&ants),
-        "--fps",
-        "2",
-    ]);
+    let mut served = start_served(&head, &config, &ants, &["--board", "pi2", "--fps", "2"]);
     sub.wait("pi2 online", Duration::from_secs(120), |s| {
         s.on("edge-mnv2/pi2/availability").len() == 1
     });
@@ -508,16 +474,9 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
     let tmp = tempfile::tempdir().unwrap();
     let head = head_in(tmp.path(), "head", |_| {});
     let config = board_config(tmp.path(), "pi1", &broker, "");
-    let mut served = start_served(&[
-        "--head",
-        s(&head),
-        "--config",
-        s(&config),
-        // Replayed without --fps: every frame is classified and printed, none dropped, so any
-        // gap in the sequence numbers would be a frame lost to the broker's outage.
-        "--source",
-        s(&val().join("bees")),
-    ]);
+    // Replayed without --fps: every frame is classified and printed, none dropped, so any gap in
+    // the sequence numbers would be a frame lost to the broker's outage.
+    let mut served = start_served(&head, &config, &val().join("bees"), &[]);
     served.wait("connected", Duration::from_secs(120), |s| {
         s.log().contains("MQTT: connected")
     });
@@ -569,12 +528,7 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
     if !mosquitto_available("changes_mode_publishes_label_changes_and_heartbeats") {
         return;
     }
-    let Bench {
-        broker,
-        sub,
-        tmp,
-        head,
-    } = Bench::start(None);
+    let (broker, sub, tmp, head) = bench(None);
     let heartbeat = 0.6;
     let config = board_config(
         tmp.path(),
@@ -640,12 +594,7 @@ fn mqtts_verifies_the_broker_against_the_configured_ca() {
     let Some(pki) = TestPki::make("mqtts_verifies_the_broker_against_the_configured_ca") else {
         return;
     };
-    let Bench {
-        broker,
-        sub,
-        tmp,
-        head,
-    } = Bench::start(Some(&pki));
+    let (broker, sub, tmp, head) = bench(Some(&pki));
     let ants = val().join("ants");
 
     // With the test CA configured, results go over TLS (and reach a plain-listener subscriber).
@@ -660,16 +609,7 @@ fn mqtts_verifies_the_broker_against_the_configured_ca() {
     // Without it, the compiled-in roots do not know the broker's certificate: the connection is
     // refused, nothing is published, and the frames still come out on stdout.
     let config = board_config_at(tmp.path(), "untrusted", &broker.tls_url(), "");
-    let mut served = start_served(&[
-        "--head",
-        s(&head),
-        "--config",
-        s(&config),
-        "--source",
-        s(&ants),
-        "--fps",
-        "4",
-    ]);
+    let mut served = start_served(&head, &config, &ants, &["--fps", "4"]);
     served.wait_for_log("the refused connection", Duration::from_secs(120), |log| {
         log.contains("MQTT: cannot connect")
     });
@@ -723,16 +663,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
         std::fs::create_dir_all(&dir).unwrap();
         let head = head_in(&dir, "head", |_| {});
         let config = board_config(&dir, board, &broker, "");
-        let served = start_served(&[
-            "--head",
-            s(&head),
-            "--config",
-            s(&config),
-            "--source",
-            s(&bees),
-            "--fps",
-            "4",
-        ]);
+        let served = start_served(&head, &config, &bees, &["--fps", "4"]);
         boards.push((served, head));
     }
     let first_sha = sha256_of(&boards[0].1);
