@@ -312,8 +312,8 @@ impl Backbone {
 /// such blocks back to the kernel when they are freed (a worker thread's arena unmaps or shrinks
 /// its heap), so the next frame page-faults them in again, zeroed: measured over 397 images in
 /// f32 on one worker, 2.3 million faults and a third of the CPU time. A 32 MiB pad keeps them:
-/// 0.41 million faults, 29% less CPU, for ~10 MB more peak memory per worker (64 MiB saved
-/// little more and cost twice the memory; 16 MiB saved little).
+/// 0.41 million faults, 29% less CPU, for ~20 MB more peak memory per worker (finetune on two
+/// workers: 74 → 118 MB; 64 MiB saved little more and cost 153 MB; 16 MiB saved little).
 fn keep_freed_memory_for_the_next_frame() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -15,11 +15,7 @@ use anyhow::{Context, Result};
 
 /// Atomically replaces `path` with `bytes`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = synced_temp_file(parent_dir(path), bytes)?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}: replacing", path.display()))?;
-    Ok(())
+    replace_with_bytes(path, bytes, true)
 }
 
 /// As [`write_atomic`], without waiting for the disk: for derived data that checks itself when
@@ -28,11 +24,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// detects and recomputes. One fsync per entry would otherwise pace a finetune run of thousands of
 /// images by the disk (an SD card takes milliseconds to tens of milliseconds per fsync).
 pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp = new_temp_file(dir, ".tmp")
-        .with_context(|| format!("{}: cannot create a file in this directory", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("{}: writing", dir.display()))?;
+    replace_with_bytes(path, bytes, false)
+}
+
+fn replace_with_bytes(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let tmp = temp_file_with(parent_dir(path), bytes, sync)?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("{}: replacing", path.display()))?;
@@ -64,10 +60,21 @@ pub fn new_temp_file(dir: &Path, suffix: &str) -> std::io::Result<tempfile::Name
 /// `bytes` in a hidden temporary file in `dir`, flushed to disk, ready to be persisted under its
 /// final name (same directory, so the rename is atomic).
 pub fn synced_temp_file(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    temp_file_with(dir, bytes, true)
+}
+
+/// A new temporary file in `dir` holding `bytes`, flushed to disk when `sync`.
+fn temp_file_with(dir: &Path, bytes: &[u8], sync: bool) -> Result<tempfile::NamedTempFile> {
     let mut tmp = new_temp_file(dir, ".tmp")
         .with_context(|| format!("{}: cannot create a file in this directory", dir.display()))?;
     tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
+        .and_then(|_| {
+            if sync {
+                tmp.as_file().sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .with_context(|| format!("{}: writing", dir.display()))?;
     Ok(tmp)
 }
