@@ -10,333 +10,19 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::served::Served;
+use common::mqtt::*;
 use common::*;
-use edge_mnv2::head::Head;
 use edge_mnv2::serve::mqtt::MqttTransport;
 use edge_mnv2::serve::push::{self, HeadTransport, Payload};
 use edge_mnv2::serve::rollout::Token;
 use edge_mnv2::serve::topics::BrokerUrl;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-
-const USER: &str = "edge";
-const PASSWORD: &str = "s3cret-broker-password";
-const TOKEN: &str = "board-token-0123456789abcdef";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn val() -> PathBuf {
     shared().join("datasets/hymenoptera/val")
-}
-
-/// Whether `mosquitto` can run here; prints the skip (or fails under the CI variable).
-fn mosquitto_available(test: &str) -> bool {
-    tool_available(test, "mosquitto", "-h")
-}
-
-/// Whether `tool` (run with `probe`) is installed; prints the skip, or fails when CI's
-/// `EDGE_MNV2_REQUIRE_MOSQUITTO=1` says it must be.
-fn tool_available(test: &str, tool: &str, probe: &str) -> bool {
-    let found = Command::new(tool)
-        .arg(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("EDGE_MNV2_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-            "{test}: {tool} is not installed and EDGE_MNV2_REQUIRE_MOSQUITTO=1"
-        );
-        eprintln!("{test}: SKIPPED: {tool} is not installed (apt-get install {tool})");
-    }
-    found
-}
-
-/// A free port on 127.0.0.1 (bound, then released for the broker).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A test CA and a server certificate it signed for `IP:127.0.0.1`, made with `openssl`.
-struct TestPki {
-    dir: tempfile::TempDir,
-}
-
-impl TestPki {
-    /// `None` (printing the skip) where `openssl` is missing, unless CI's variable requires it.
-    fn make(test: &str) -> Option<TestPki> {
-        if !tool_available(test, "openssl", "version") {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let run = |args: &[&str]| {
-            let o = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
-        };
-        let new_p256_key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &[
-                "req",
-                "-x509",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=edge-mnv2 test CA",
-            ][..],
-            &new_p256_key,
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat());
-        run(&[
-            &["req", "-subj", "/CN=127.0.0.1"][..],
-            &new_p256_key,
-            &["-keyout", "server.key", "-out", "server.csr"],
-        ]
-        .concat());
-        std::fs::write(d.join("server.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ]);
-        // Mosquitto started as root reads its key after dropping to its own user: this
-        // throwaway key and its folder must be readable by others.
-        use std::os::unix::fs::PermissionsExt;
-        for (path, mode) in [(d.to_path_buf(), 0o755), (d.join("server.key"), 0o644)] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        Some(TestPki { dir })
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-/// A Mosquitto broker on a free loopback port, with user/password authentication, and with
-/// a [`TestPki`], a second, TLS listener.
-struct Broker {
-    dir: tempfile::TempDir,
-    port: u16,
-    tls_port: Option<u16>,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        Broker::start_with(None)
-    }
-
-    fn start_with(pki: Option<&TestPki>) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let passwords = dir.path().join("passwords");
-        let o = Command::new("mosquitto_passwd")
-            .args(["-b", "-c", s(&passwords), USER, PASSWORD])
-            .output()
-            .expect("mosquitto_passwd");
-        assert!(o.status.success(), "{}", stderr(&o));
-        let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
-            passwords.display()
-        );
-        let tls_port = pki.map(|pki| {
-            let tls_port = free_port();
-            conf += &format!(
-                "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
-                pki.file("server.pem").display(),
-                pki.file("server.key").display()
-            );
-            tls_port
-        });
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let mut broker = Broker {
-            dir,
-            port,
-            tls_port,
-            child: None,
-        };
-        broker.up();
-        broker
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("mosquitto")
-            .args(["-c", s(&self.dir.path().join("mosquitto.conf"))])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mosquitto");
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        for port in [Some(self.port), self.tls_port].into_iter().flatten() {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < end, "mosquitto did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    fn tls_url(&self) -> String {
-        format!("mqtts://127.0.0.1:{}", self.tls_port.unwrap())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
-/// (topic, payload, retained)
-type Message = (String, Vec<u8>, bool);
-
-/// Every message on `#`, re-subscribing after a reconnect.
-struct Subscriber {
-    messages: Arc<Mutex<Vec<Message>>>,
-}
-
-impl Subscriber {
-    fn start(broker: &Broker) -> Subscriber {
-        let mut o = MqttOptions::new(
-            format!("test-sub-{}", std::process::id()),
-            "127.0.0.1",
-            broker.port,
-        );
-        o.set_credentials(USER, PASSWORD);
-        o.set_max_packet_size(64 << 20, 64 << 20);
-        let (client, mut connection) = Client::new(o, 64);
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let m = messages.clone();
-        let subscribed = Arc::new(Mutex::new(false));
-        let sub = subscribed.clone();
-        std::thread::spawn(move || loop {
-            match connection.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    client.try_subscribe("#", QoS::AtLeastOnce).unwrap();
-                }
-                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => *sub.lock().unwrap() = true,
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    m.lock()
-                        .unwrap()
-                        .push((p.topic.clone(), p.payload.to_vec(), p.retain));
-                }
-                Ok(Err(_)) => std::thread::sleep(Duration::from_millis(200)),
-                Err(rumqttc::RecvTimeoutError::Disconnected) => return,
-                _ => {}
-            }
-        });
-        let end = Instant::now() + Duration::from_secs(10);
-        while !*subscribed.lock().unwrap() {
-            assert!(Instant::now() < end, "test subscriber did not subscribe");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Subscriber { messages }
-    }
-
-    fn on(&self, topic: &str) -> Vec<(Vec<u8>, bool)> {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _, _)| t == topic)
-            .map(|(_, p, r)| (p.clone(), *r))
-            .collect()
-    }
-
-    fn json_on(&self, topic: &str) -> Vec<Value> {
-        self.on(topic)
-            .iter()
-            .map(|(p, _)| serde_json::from_slice(p).unwrap())
-            .collect()
-    }
-
-    fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&Subscriber) -> bool) {
-        let end = Instant::now() + timeout;
-        while !f(self) {
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// A head trained once per test binary on hymenoptera/train.
-fn trained_head() -> &'static Path {
-    static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, file) = HEAD.get_or_init(|| {
-        let train = |_: &Path| shared().join("datasets/hymenoptera/train");
-        let (tmp, dir) = train_head(train, &["--augment", "0", "--epochs", "30"]);
-        (tmp, dir.join("head.json"))
-    });
-    file
-}
-
-/// A copy of the trained head in `dir/name/`, optionally changed, returned as its directory.
-fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
-    common::head_in(trained_head(), dir, name, change)
-}
-
-/// `serve --no-http --head HEAD --config CONFIG --source SOURCE <extra>`.
-fn start_served(head: &Path, config: &Path, source: &Path, extra: &[&str]) -> Served {
-    let (head, config, source) = (s(head), s(config), s(source));
-    let args = [
-        "--no-http",
-        "--head",
-        head,
-        "--config",
-        config,
-        "--source",
-        source,
-    ];
-    Served::start(&[&args[..], extra].concat())
 }
 
 /// What most tests start from: a broker (with a TLS listener given a PKI), a subscriber on
@@ -345,7 +31,7 @@ fn bench(pki: Option<&TestPki>) -> (Broker, Subscriber, tempfile::TempDir, PathB
     let broker = Broker::start_with(pki);
     let sub = Subscriber::start(&broker);
     let tmp = tempfile::tempdir().unwrap();
-    let head = head_in(tmp.path(), "head", |_| {});
+    let head = trained_head_in(tmp.path(), "head", |_| {});
     (broker, sub, tmp, head)
 }
 
@@ -363,32 +49,6 @@ fn replay(head: &Path, config: &Path, source: &Path, n: usize, extra: &[&str]) -
     let lines = served.lines();
     assert_eq!(lines.len(), n, "{}", served.log());
     lines
-}
-
-/// A config file for a board: broker credentials, token, and `extra` lines.
-fn board_config(dir: &Path, board: &str, broker: &Broker, extra: &str) -> PathBuf {
-    board_config_at(dir, board, &broker.url(), extra)
-}
-
-/// [`board_config`] for the broker at `url`.
-fn board_config_at(dir: &Path, board: &str, url: &str, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-    // A token file others can read is refused (src/serve/auth.rs).
-    std::fs::set_permissions(
-        dir.join("token"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let p = dir.join(format!("{board}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            "mqtt = \"{url}\"\nboard = \"{board}\"\nmqtt_username = \"{USER}\"\nmqtt_password_file = \"password\"\ntoken_file = \"token\"\n{extra}"
-        ),
-    )
-    .unwrap();
-    p
 }
 
 #[test]
@@ -472,7 +132,7 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
     }
     let mut broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
-    let head = head_in(tmp.path(), "head", |_| {});
+    let head = trained_head_in(tmp.path(), "head", |_| {});
     let config = board_config(tmp.path(), "pi1", &broker, "");
     // Replayed without --fps: every frame is classified and printed, none dropped, so any gap in
     // the sequence numbers would be a frame lost to the broker's outage.
@@ -661,7 +321,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
     for board in ["a", "b"] {
         let dir = tmp.path().join(board);
         std::fs::create_dir_all(&dir).unwrap();
-        let head = head_in(&dir, "head", |_| {});
+        let head = trained_head_in(&dir, "head", |_| {});
         let config = board_config(&dir, board, &broker, "");
         let served = start_served(&head, &config, &bees, &["--fps", "4"]);
         boards.push((served, head));
@@ -677,7 +337,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
     }
 
     // A new head (other class names) to both boards at once.
-    let new = head_in(tmp.path(), "new", |h| {
+    let new = trained_head_in(tmp.path(), "new", |h| {
         h.classes = vec!["fourmis".into(), "abeilles".into()]
     });
     let new_sha = sha256_of(&new);
@@ -729,7 +389,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
     );
     assert_eq!(a.sha256, new_sha);
 
-    let other = head_in(tmp.path(), "other", |h| h.backbone.sha256 = "0".repeat(64));
+    let other = trained_head_in(tmp.path(), "other", |h| h.backbone.sha256 = "0".repeat(64));
     let (code, out) = push_head(&broker, &tmp.path().join("a"), &["--head", s(&other)], "a");
     assert_eq!(code, Some(1), "{out}");
     assert!(

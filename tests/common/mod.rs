@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod served;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,11 @@ pub fn shared() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A path as the `&str` a command line takes (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
 }
 
 pub fn models_dir() -> PathBuf {

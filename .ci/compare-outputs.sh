@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs two edge-mnv2 binaries through the same commands on the same inputs and diffs what each
+# printed and wrote: a refactor must leave every output byte-identical. Not part of CI (a dataset
+# finetune per binary); run by hand before and after a change that should not change behaviour:
+#   bash .ci/compare-outputs.sh OLD_BINARY NEW_BINARY [WORK_DIR]
+# Times, timestamps, latencies and the temporary paths are masked; everything else is compared.
+# Each binary gets an empty embedding cache and HOME of its own, so neither reads the other's.
+set -uo pipefail
+old="$(realpath "$1")"
+new="$(realpath "$2")"
+work="${3:-$(mktemp -d)}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+shared="$root/../shared"
+hym="$shared/datasets/hymenoptera"
+images="$shared/models/images"
+
+# One command, its stdout, stderr and exit code, in $out/NAME.{out,err,rc}.
+run() {
+  local name="$1"
+  shift
+  (cd "$out/cwd" && timeout 600 "$bin" "$@" >"$out/$name.out" 2>"$out/$name.err" </dev/null)
+  echo $? >"$out/$name.rc"
+}
+
+# `serve --frames N` with the times its JSON lines carry removed.
+serve_lines() {
+  local name="$1"
+  shift
+  run "$name" serve "$@"
+  sed -E -i 's/"(ts|latency_ms)":[^,}]*,?//g' "$out/$name.out"
+}
+
+commands() {
+  local bin="$1" out="$2"
+  mkdir -p "$out/cwd" "$out/home"
+  export HOME="$out/home" XDG_CACHE_HOME="$out/home/.cache" EDGE_MNV2_CACHE="$out/home/.cache/emb"
+  unset EDGE_MNV2_CALIBRATION 2>/dev/null || true
+  run noargs
+  run version --version
+  run help --help
+  for c in classify embed finetune evaluate predict models serve push-head capture calibrate; do
+    run "help-$c" "$c" --help
+  done
+  run models-help models fetch --help
+  run classify classify "$images"/*.jpg "$images"/*.bmp
+  run classify-json classify --json -k 3 "$images"/*.jpg "$images"/*.bmp
+  for p in int8 f32 f16; do run "classify-$p" classify --precision "$p" --json "$images"/*.bmp; done
+  run classify-bad classify /etc/passwd
+  run classify-bad-precision classify --precision f64 "$images"/cat.bmp
+  run embed-json embed --json "$images"/cat.bmp
+  run embed-out embed --out "$out/emb.txt" "$images"/cat.bmp "$images"/bird.bmp
+  sha256sum <"$out/emb.txt" >"$out/embed-out.file"
+  run models models
+  run models-json models list --json
+  run fetch-unknown models fetch no-such-model
+  run finetune-json finetune "$hym" --out "$out/head" --json
+  run finetune-text finetune "$hym" --out "$out/head-text" --epochs 5
+  for d in head head-text; do
+    (cd "$out/$d" && for f in $(ls | sort); do
+      [ -f "$f" ] && printf '%s %s\n' "$(sha256sum <"$f" | cut -c1-64)" "$f"
+    done) >"$out/$d.files"
+  done
+  cp "$out/head/report.json" "$out/report.json" 2>/dev/null
+  cp "$out/head/report.md" "$out/report.md" 2>/dev/null
+  run predict predict --head "$out/head" "$hym/val/ants" "$hym/val/bees"
+  run predict-json predict --head "$out/head" --json "$hym/val/ants"/*.jpg
+  run evaluate evaluate --head "$out/head" "$hym/val"
+  run evaluate-json evaluate --head "$out/head" --json "$hym/val"
+  serve_lines serve-frames --head "$out/head" --source "$hym/val/bees" --frames 6 --no-http
+  run serve-no-head serve --head "$out/missing" --source "$hym/val/bees" --frames 1 --no-http
+  run serve-bad-threshold serve --head "$out/head" --threshold 2 --frames 1 --no-http
+  mkdir -p "$out/captured"
+  run capture capture --source "$hym/val/ants" --class ants --count 3 "$out/captured"
+  (cd "$out/captured" && find . -type f | sort | xargs sha256sum) >"$out/capture.files"
+}
+
+for side in old new; do
+  bin="${!side}"
+  echo "== $side: $bin"
+  commands "$bin" "$work/$side"
+done
+
+# Masks: the work folder (each side's own), times, and the report's wall-clock fields.
+mask() {
+  sed -E -e "s#$work/(old|new)#WORK#g" \
+    -e 's/[0-9]+(\.[0-9]+)? ?(ms|s)\b/TIME/g' \
+    -e 's/"(seconds|elapsed_s|wall_s|created|trained_at|ts|latency_ms)": ?[^,}]*/"\1":T/g' "$1"
+}
+status=0
+for f in $(cd "$work/old" && ls | sort); do
+  [ -f "$work/old/$f" ] || continue
+  if ! diff -q <(mask "$work/old/$f") <(mask "$work/new/$f") >/dev/null 2>&1; then
+    echo "DIFFERS: $f"
+    diff <(mask "$work/old/$f") <(mask "$work/new/$f") | head -20
+    status=1
+  fi
+done
+[ "$status" = 0 ] && echo "every output identical ($(ls "$work/old" | wc -l) files compared, in $work)"
+exit "$status"
