@@ -62,7 +62,7 @@ fn results_discovery_availability_and_last_will() {
 
     // A bounded replay: every frame on stdout is also on the state topic, in order.
     let lines = replay(&head, &config, &ants, 12, &[]);
-    sub.wait("12 results", Duration::from_secs(10), |s| {
+    sub.wait("12 results", Duration::from_secs(60), |s| {
         s.on("edge-mnv2/pi1/state").len() >= 12
     });
     let published = sub.json_on("edge-mnv2/pi1/state");
@@ -79,7 +79,7 @@ fn results_discovery_availability_and_last_will() {
     // What a Home Assistant that connects later sees (retained): three sensors on the state
     // topic grouped under one device, and the board offline.
     let late = Subscriber::start(&broker);
-    late.wait("the retained messages", Duration::from_secs(10), |s| {
+    late.wait("the retained messages", Duration::from_secs(60), |s| {
         !s.on("edge-mnv2/pi1/availability").is_empty()
     });
     assert_eq!(
@@ -145,11 +145,12 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
     served.wait("the lost connection", Duration::from_secs(30), |s| {
         s.log().contains("MQTT: connection lost")
     });
+    // Frames keep coming while the broker is down (how fast depends on the machine's load).
     let during = served.lines().len();
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        served.lines().len() >= during + 5,
-        "inference goes on while the broker is down"
+    served.wait(
+        "inference while the broker is down",
+        Duration::from_secs(60),
+        |s| s.lines().len() >= during + 5,
     );
     broker.up();
     let sub = Subscriber::start(&broker);
@@ -189,30 +190,31 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
         return;
     }
     let (broker, sub, tmp, head) = bench(None);
-    let heartbeat = 0.6;
+    // Runs of 12 frames of one label at 4 frames/s: a frame is skipped when it comes sooner
+    // than the heartbeat after the last published one, and a run outlasts the heartbeat, for
+    // any frame interval between 1.5/11 s and 1.5 s. Both rules are exercised on an idle
+    // machine (0.25 s) and on a loaded one (a frame took over 0.6 s on two cores running nine
+    // processes, where a 0.6 s heartbeat published every frame).
+    let heartbeat = 1.5;
     let config = board_config(
         tmp.path(),
         "pi1",
         &broker,
         &format!("mqtt_publish = \"changes\"\nmqtt_heartbeat_s = {heartbeat}\n"),
     );
-    // Four ants, four bees, four other ants, in this order (a folder is read sorted), at 4
-    // frames/s: each run of one label lasts about a second, longer than the heartbeat.
+    // Ants, bees, other ants, in this order (a folder is read sorted), each image three times.
     let frames = tmp.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
     let (ants, bees) = (val_images("ants"), val_images("bees"));
-    for (i, image) in [&ants[..4], &bees[..4], &ants[4..8]]
-        .concat()
-        .iter()
-        .enumerate()
-    {
+    let runs = [&ants[..4], &bees[..4], &ants[4..8]];
+    let sequence = runs.iter().flat_map(|run| run.iter().cycle().take(12));
+    for (i, image) in sequence.enumerate() {
         std::fs::copy(image, frames.join(format!("{i:02}.jpg"))).unwrap();
     }
-    let lines = replay(&head, &config, &frames, 12, &["--fps", "4"]);
+    let lines = replay(&head, &config, &frames, 36, &["--fps", "4"]);
 
     // The rule, replayed on stdout's results: a result goes out when its label differs from
-    // the last one published, or when the heartbeat has passed since then. At 4 frames/s the
-    // gaps are multiples of 0.25 s, far from the 0.6 s threshold.
+    // the last one published, or when the heartbeat has passed since then.
     let mut expected: Vec<&Value> = Vec::new();
     let (mut changes, mut heartbeats) = (0, 0);
     for line in &lines {
@@ -234,7 +236,7 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
         expected.len(),
         lines.len()
     );
-    sub.wait("the published results", Duration::from_secs(10), |s| {
+    sub.wait("the published results", Duration::from_secs(60), |s| {
         s.on("edge-mnv2/pi1/state").len() >= expected.len()
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -261,7 +263,7 @@ fn mqtts_verifies_the_broker_against_the_configured_ca() {
     let ca_line = format!("mqtt_ca_file = \"{}\"\n", pki.file("ca.pem").display());
     let config = board_config_at(tmp.path(), "tls", &broker.tls_url(), &ca_line);
     let lines = replay(&head, &config, &ants, 6, &[]);
-    sub.wait("6 results over TLS", Duration::from_secs(10), |s| {
+    sub.wait("6 results over TLS", Duration::from_secs(60), |s| {
         s.on("edge-mnv2/tls/state").len() >= 6
     });
     assert_eq!(sub.json_on("edge-mnv2/tls/state"), lines);

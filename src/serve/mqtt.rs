@@ -49,6 +49,10 @@ fn options(
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<MqttOptions> {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    // The broker fires the will after 1.5 keep-alives of silence: 22.5 s tells Home Assistant
+    // a board lost power within half a minute. Pings come from the events thread, not the
+    // inference loop, and stayed on time with both cores busy (tests/mqtt_load.rs), so a busy
+    // board is not marked offline; a longer keep-alive would only delay a real outage.
     o.set_keep_alive(Duration::from_secs(15));
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     if let (Some(u), Some(p)) = (username, password) {
