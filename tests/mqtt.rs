@@ -192,10 +192,10 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
     let (broker, sub, tmp, head) = bench(None);
     // Runs of 12 frames of one label at 4 frames/s: a frame is skipped when it comes sooner
     // than the heartbeat after the last published one, and a run outlasts the heartbeat, for
-    // any frame interval between 1.5/11 s and 1.5 s. Both rules are exercised on an idle
+    // any frame interval between 1.4/11 s and 1.4 s. Both rules are exercised on an idle
     // machine (0.25 s) and on a loaded one (a frame took over 0.6 s on two cores running nine
     // processes, where a 0.6 s heartbeat published every frame).
-    let heartbeat = 1.5;
+    let heartbeat = 1.4;
     let config = board_config(
         tmp.path(),
         "pi1",

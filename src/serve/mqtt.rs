@@ -107,7 +107,8 @@ pub struct Publisher {
 struct Queue {
     items: VecDeque<Vec<u8>>,
     last_label: Option<String>,
-    last_offered: Option<Instant>,
+    /// The `ts` of the last result offered.
+    last_offered: Option<f64>,
     published: u64,
     dropped: u64,
     connected: bool,
@@ -117,14 +118,12 @@ impl Publisher {
     /// Queues `result` for the state topic (unless the mode skips it); never blocks.
     pub fn offer(&self, result: &FrameResult) {
         let mut q = lock(&self.queue);
-        if let PublishMode::Changes { heartbeat } = self.mode {
-            let same = q.last_label.as_deref() == Some(result.label.as_str());
-            if same && q.last_offered.is_some_and(|t| t.elapsed() < heartbeat) {
-                return;
-            }
+        let last = q.last_label.as_deref().zip(q.last_offered);
+        if !self.mode.publishes(last, &result.label, result.ts) {
+            return;
         }
         q.last_label = Some(result.label.clone());
-        q.last_offered = Some(Instant::now());
+        q.last_offered = Some(result.ts);
         let Ok(bytes) = serde_json::to_vec(result) else {
             return;
         };

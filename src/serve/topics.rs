@@ -113,6 +113,20 @@ impl PublishMode {
             other => Err(MqttConfigError::Mode(other.to_string())),
         }
     }
+
+    /// Whether a result with `label` at unix time `ts` goes out, after `last` (the label and
+    /// time of the last published one). Time is the results' own `ts`, not the publisher's
+    /// clock: what a subscriber receives is then a function of the results it can see, exact
+    /// to the millisecond. A clock that stepped back counts as a heartbeat due.
+    pub fn publishes(&self, last: Option<(&str, f64)>, label: &str, ts: f64) -> bool {
+        match (self, last) {
+            (PublishMode::Every, _) | (_, None) => true,
+            (PublishMode::Changes { heartbeat }, Some((last_label, last_ts))) => {
+                let since = ts - last_ts;
+                last_label != label || !(0.0..heartbeat.as_secs_f64()).contains(&since)
+            }
+        }
+    }
 }
 
 /// Everything the MQTT side of `serve` needs (flags and config merged).
@@ -305,6 +319,22 @@ pub fn discovery(topics: &Topics) -> Vec<(String, SensorConfig)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_mode_publishes_on_a_new_label_or_a_heartbeat_of_result_time() {
+        let changes = PublishMode::Changes {
+            heartbeat: Duration::from_millis(1500),
+        };
+        let t = 1796644476.5;
+        assert!(changes.publishes(None, "ants", t));
+        assert!(changes.publishes(Some(("ants", t)), "bees", t + 0.25));
+        assert!(!changes.publishes(Some(("ants", t)), "ants", t + 1.499));
+        // 1.505 s between the two results: due, however late the publisher runs.
+        assert!(changes.publishes(Some(("ants", t)), "ants", 1796644478.005));
+        assert!(changes.publishes(Some(("ants", t)), "ants", t + 1.5));
+        assert!(changes.publishes(Some(("ants", t)), "ants", t - 2.0));
+        assert!(PublishMode::Every.publishes(Some(("ants", t)), "ants", t));
+    }
 
     #[test]
     fn broker_urls() {
