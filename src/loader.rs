@@ -5,7 +5,8 @@
 //! - the model is `--model` (a manifest name or a path), else the one a head was trained on,
 //!   else the manifest's default;
 //! - a TFLite backbone runs in the precision asked for, else the one this board's calibration
-//!   chose for that very file (with its thread count), else f32 on one thread;
+//!   chose for that very file (with its thread count), else int8 (`Precision::REFERENCE`) on
+//!   one thread;
 //! - a head is checked against the backbone it will run on before anything is classified.
 
 use std::path::Path;
