@@ -5,7 +5,8 @@
 //! - the model is `--model` (a manifest name or a path), else the one a head was trained on,
 //!   else the manifest's default;
 //! - a TFLite backbone runs in the precision asked for, else the one this board's calibration
-//!   chose for that very file (with its thread count), else f32 on one thread;
+//!   chose for that very file (with its thread count), else int8 (`Precision::REFERENCE`) on
+//!   one thread;
 //! - a head is checked against the backbone it will run on before anything is classified.
 
 use std::path::Path;
@@ -41,16 +42,28 @@ pub fn backbone(choice: &BackboneChoice, with_scores: bool) -> Result<Backbone> 
         ModelFormat::Tflite => calibration::board_choice(&resolved)?,
         ModelFormat::Onnx => None,
     };
-    let precision = choice
-        .precision
-        .or(calibrated.as_ref().map(|c| c.precision))
-        .unwrap_or(Precision::REFERENCE);
+    let (precision, threads) = pick_precision(choice.precision, calibrated.as_ref());
     let mut backbone = backbone_in(&resolved, precision, with_scores)?;
-    // The calibrated thread count was measured for its own precision only.
-    if let Some(c) = calibrated.filter(|c| c.precision == precision) {
-        backbone.set_threads(c.threads);
+    if let Some(threads) = threads {
+        backbone.set_threads(threads);
     }
     Ok(backbone)
+}
+
+/// The precision a backbone runs in: the one asked for, else the board's calibrated one, else
+/// int8; and the calibrated thread count, if any applies (`None`: one thread). The thread count
+/// was measured for its own precision only, so it goes with that precision and no other.
+fn pick_precision(
+    asked: Option<Precision>,
+    calibrated: Option<&calibration::Choice>,
+) -> (Precision, Option<usize>) {
+    let precision = asked
+        .or(calibrated.map(|c| c.precision))
+        .unwrap_or(Precision::REFERENCE);
+    let threads = calibrated
+        .filter(|c| c.precision == precision)
+        .map(|c| c.threads);
+    (precision, threads)
 }
 
 /// Loads `model` in exactly `precision` on one thread, whatever the board's calibration says
@@ -102,4 +115,38 @@ pub fn head_for(path: &Path, backbone: &Backbone) -> Result<HeadFile> {
     let head = Head::read(path)?;
     check_compatible(&head.head, backbone).with_context(|| format!("{}", head.path.display()))?;
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibration::Choice;
+
+    #[test]
+    fn precision_is_the_asked_one_else_the_calibrated_one_else_int8() {
+        let f32_on_two = Choice {
+            precision: Precision::F32,
+            threads: 2,
+        };
+        // Nothing asked, no calibration: LiteRT's own arithmetic, on one thread.
+        assert_eq!(pick_precision(None, None), (Precision::Int8, None));
+        // The board's calibration, with the thread count it measured.
+        assert_eq!(
+            pick_precision(None, Some(&f32_on_two)),
+            (Precision::F32, Some(2))
+        );
+        // Asked for explicitly, it wins; the calibrated thread count goes with its own precision.
+        assert_eq!(
+            pick_precision(Some(Precision::Int8), Some(&f32_on_two)),
+            (Precision::Int8, None)
+        );
+        assert_eq!(
+            pick_precision(Some(Precision::F32), Some(&f32_on_two)),
+            (Precision::F32, Some(2))
+        );
+        assert_eq!(
+            pick_precision(Some(Precision::F16), None),
+            (Precision::F16, None)
+        );
+    }
 }

@@ -201,9 +201,12 @@ fn check_size(path: &Path, w: u32, h: u32) -> Result<(), ImageError> {
     Ok(())
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+/// How an I/O failure on a file or folder reads in a one-line error: the everyday cases in plain
+/// words, the rest as the OS puts them. Every reader of files (images here, frame sources) says
+/// it this way.
+pub fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
         _ => e.to_string(),
     }

@@ -131,7 +131,7 @@ fn zoo_int8_classifier_top1() {
     assert_top1("mobilenetv2-12-int8", 1);
 }
 
-// The official .tflite read by src/tflite.rs, against LiteRT's features of the same file.
+// The official .tflite read by src/tflite/, against LiteRT's features of the same file.
 // f32 carries the integer arithmetic in f32 kernels; the f32 requantization multiplier (24-bit
 // mantissa against TFLite's 31-bit fixed point) flips a few roundings per layer. Measured:
 // 0.99878..0.99951; the bar is 0.998.

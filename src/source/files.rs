@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::frame::{io_reason, open_error, FramePixels, FrameSource, RawFrame, SourceError};
+use super::frame::{open_error, FramePixels, FrameSource, RawFrame, SourceError};
+use crate::preprocess::io_reason;
 
 /// File extensions the folder source picks up (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "jfif"];

@@ -2,7 +2,6 @@
 //! hands out, its errors and the camera settings. Kept free of any other source file so that each
 //! source (and the factory in `mod.rs`) can depend on it without an import cycle.
 
-use std::io::ErrorKind;
 use std::path::Path;
 use std::time::Instant;
 
@@ -75,21 +74,12 @@ impl Default for CameraSettings {
     }
 }
 
-// The two helpers below live with the error type because the file sources and the factory all
-// phrase open failures this way; one copy keeps their messages identical.
-
+/// Lives with the error type because the file sources and the factory all phrase open failures
+/// this way (their I/O reasons from `preprocess::io_reason`); one copy keeps messages identical.
 pub(super) fn open_error(path: &Path, reason: impl Into<String>) -> SourceError {
     SourceError::Open {
         source_name: path.display().to_string(),
         reason: reason.into(),
-    }
-}
-
-pub(super) fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        ErrorKind::NotFound => "no such file or directory".into(),
-        ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
     }
 }
 

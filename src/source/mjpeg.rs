@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::frame::{io_reason, open_error, FramePixels, FrameSource, RawFrame, SourceError};
+use super::frame::{open_error, FramePixels, FrameSource, RawFrame, SourceError};
+use crate::preprocess::io_reason;
 
 /// A JPEG bigger than this inside an MJPEG stream is treated as corrupt rather than read into
 /// memory without end (a 4K MJPEG frame is well under 4 MiB).

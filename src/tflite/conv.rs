@@ -3,15 +3,17 @@
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 use tract_tflite::internal::*;
-use tract_tflite::tflite::{ActivationFunctionType, Padding};
+use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator, Padding};
 
 use super::ops::kernels::{DepthwiseGeometry, MAX_TAPS};
 use super::ops::{DepthwiseMaps, RequantizedDepthwise};
 use super::read::{values, Quant};
 use super::{Builder, OpCtx, TfliteError};
 
-/// A convolution's options and shapes, checked.
+/// A convolution's options and shapes, checked: what every precision's graph is built from.
 pub(super) struct ConvOptions {
+    /// DEPTHWISE_CONV_2D (one filter per channel) rather than CONV_2D.
+    pub depthwise: bool,
     pub x_shape: Vec<usize>,
     /// OHWI; a depthwise's is `[1, H, W, C]`.
     pub k_shape: Vec<usize>,
@@ -22,11 +24,9 @@ pub(super) struct ConvOptions {
     pub window: Option<DepthwiseGeometry>,
 }
 
-pub(super) fn conv_options(
-    b: &Builder,
-    ctx: &OpCtx,
-    depthwise: bool,
-) -> Result<ConvOptions, TfliteError> {
+/// The options of a CONV_2D or DEPTHWISE_CONV_2D, read once for whichever graph is built.
+pub(super) fn conv_options(b: &Builder, ctx: &OpCtx) -> Result<ConvOptions, TfliteError> {
+    let depthwise = ctx.code == BuiltinOperator::DEPTHWISE_CONV_2D;
     if ctx.inputs.len() < 2 {
         return Err(ctx.unsupported("expected input, weights and bias"));
     }
@@ -92,6 +92,7 @@ pub(super) fn conv_options(
     let window = depthwise_geometry(&x_shape, &k_shape, &pool_spec)
         .filter(|_| dilations.iter().all(|&d| d == 1));
     Ok(ConvOptions {
+        depthwise,
         x_shape,
         k_shape,
         pool_spec,
@@ -103,15 +104,16 @@ pub(super) fn conv_options(
 
 impl Builder<'_> {
     /// The f32 graph's convolution: f32 offsets in, requantized f32 offsets out.
-    pub(super) fn conv(&mut self, ctx: &OpCtx, depthwise: bool) -> Result<OutletId, TfliteError> {
+    pub(super) fn conv(&mut self, ctx: &OpCtx, o: &ConvOptions) -> Result<OutletId, TfliteError> {
         let ConvOptions {
-            x_shape,
-            k_shape,
-            pool_spec,
+            depthwise,
+            ref x_shape,
+            ref k_shape,
+            ref pool_spec,
             act,
             out_c,
             window,
-        } = conv_options(self, ctx, depthwise)?;
+        } = *o;
         let x = self.wire(ctx, ctx.inputs[0])?;
         let k = self.offsets_const(ctx, ctx.inputs[1])?;
         let bias = self.conv_bias(ctx, out_c)?;
@@ -132,7 +134,8 @@ impl Builder<'_> {
             return Ok(self.target.wire_node(&name, op, &[x])?[0]);
         }
         let group = if depthwise { x_shape[3] } else { 1 };
-        let acc = self.wire_float_conv(&name, x, k.into_tensor(), &bias, pool_spec, group)?;
+        let acc =
+            self.wire_float_conv(&name, x, k.into_tensor(), &bias, pool_spec.clone(), group)?;
         self.requantize_f32(ctx, acc, &multiplier, act)
     }
 

@@ -15,52 +15,26 @@ use tract_core::ops::change_axes::wire_with_rank_broadcast;
 use tract_core::ops::math;
 use tract_ndarray::Dimension;
 use tract_tflite::internal::*;
-use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator, TensorType};
+use tract_tflite::tflite::ActivationFunctionType;
 
-use super::conv::{conv_options, ConvOptions};
+use super::conv::ConvOptions;
+use super::element_wise::AddOptions;
 use super::{Builder, OpCtx, TfliteError};
 
 impl Builder<'_> {
-    /// One operator of the real-valued graph; also the embedding when it is the global pooling.
-    pub(super) fn translate_real(
+    pub(super) fn conv_real(
         &mut self,
         ctx: &OpCtx,
-        code: BuiltinOperator,
-    ) -> Result<(OutletId, Option<OutletId>), TfliteError> {
-        Ok(match code {
-            BuiltinOperator::CONV_2D => (self.conv_real(ctx, false)?, None),
-            BuiltinOperator::DEPTHWISE_CONV_2D => (self.conv_real(ctx, true)?, None),
-            BuiltinOperator::ADD => (self.add_real(ctx)?, None),
-            BuiltinOperator::AVERAGE_POOL_2D | BuiltinOperator::MEAN => {
-                let (pooled, act) = self.mean_pool(ctx, code)?;
-                let y = self.clamp_real(ctx, pooled, act)?;
-                (y, Some(y))
-            }
-            BuiltinOperator::QUANTIZE => {
-                if self.tensor(ctx.outputs[0])?.type_() == TensorType::FLOAT32 {
-                    return Err(ctx.unsupported("dequantizing to float inside the graph"));
-                }
-                // A change of 8-bit grid leaves real values as they are, within the new range.
-                let x = self.wire(ctx, ctx.inputs[0])?;
-                (self.clamp_real(ctx, x, ActivationFunctionType::NONE)?, None)
-            }
-            _ => {
-                return Err(TfliteError::UnsupportedOp {
-                    index: ctx.index,
-                    op: ctx.name.clone(),
-                })
-            }
-        })
-    }
-
-    fn conv_real(&mut self, ctx: &OpCtx, depthwise: bool) -> Result<OutletId, TfliteError> {
+        o: &ConvOptions,
+    ) -> Result<OutletId, TfliteError> {
         let ConvOptions {
-            x_shape,
-            pool_spec,
+            depthwise,
+            ref x_shape,
+            ref pool_spec,
             act,
             out_c,
             ..
-        } = conv_options(self, ctx, depthwise)?;
+        } = *o;
         let x = self.wire(ctx, ctx.inputs[0])?;
         let kq = self
             .quant(ctx.inputs[1])?
@@ -81,30 +55,26 @@ impl Builder<'_> {
         };
         let name = self.unique(&format!("op{}.{}", ctx.index, ctx.name.to_lowercase()));
         let group = if depthwise { x_shape[3] } else { 1 };
-        let y = self.wire_float_conv(&name, x, k.into_tensor(), &bias, pool_spec, group)?;
+        let y = self.wire_float_conv(&name, x, k.into_tensor(), &bias, pool_spec.clone(), group)?;
         self.clamp_real(ctx, y, act)
     }
 
-    fn add_real(&mut self, ctx: &OpCtx) -> Result<OutletId, TfliteError> {
-        if ctx.inputs.len() != 2 {
-            return Err(ctx.unsupported("expected two inputs"));
-        }
-        let act = ctx
-            .flat
-            .builtin_options_as_add_options()
-            .map(|o| o.fused_activation_function())
-            .unwrap_or(ActivationFunctionType::NONE);
+    pub(super) fn add_real(
+        &mut self,
+        ctx: &OpCtx,
+        o: &AddOptions,
+    ) -> Result<OutletId, TfliteError> {
         let a = self.wire(ctx, ctx.inputs[0])?;
         let b = self.wire(ctx, ctx.inputs[1])?;
         let name = self.unique(&format!("op{}.add", ctx.index));
         let sum = wire_with_rank_broadcast(&name, &mut self.target, math::add(), &[a, b])?[0];
-        self.clamp_real(ctx, sum, act)
+        self.clamp_real(ctx, sum, o.act)
     }
 
     /// The output tensor's 8-bit range met with the fused activation, in real units: what LiteRT
     /// clamps to, without its rounding to the grid. As `max` then `min` with scalars, the form
     /// tract fuses into a matrix product's epilogue.
-    fn clamp_real(
+    pub(super) fn clamp_real(
         &mut self,
         ctx: &OpCtx,
         x: OutletId,

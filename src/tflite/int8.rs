@@ -8,13 +8,14 @@ use tract_core::ops::cast::cast;
 use tract_tflite::internal::*;
 use tract_tflite::tflite::{ActivationFunctionType, TensorType};
 
-use super::conv::{conv_options, ConvOptions};
+use super::conv::ConvOptions;
+use super::element_wise::AddOptions;
 use super::ops::{
     AddParams, DepthwiseMaps, PackedWeights, QuantizedAdd, QuantizedConv, Requant,
     RequantizedDepthwise,
 };
 use super::read::values;
-use super::{Builder, OpCtx, TfliteError};
+use super::{Builder, Built, OpCtx, TfliteError};
 use crate::models::Precision;
 
 impl Builder<'_> {
@@ -48,12 +49,12 @@ impl Builder<'_> {
     }
 
     /// Runs `translate` as the f32 graph would, on offsets made from the op's u8 inputs, and
-    /// turns its output back into u8. Returns the u8 output and whatever else `translate` gives.
-    pub(super) fn via_offsets<T>(
+    /// turns its output back into u8 (an embedding it cuts stays f32).
+    pub(super) fn via_offsets(
         &mut self,
         ctx: &OpCtx,
-        translate: impl FnOnce(&mut Self) -> Result<(OutletId, T), TfliteError>,
-    ) -> Result<(OutletId, T), TfliteError> {
+        translate: impl FnOnce(&mut Self) -> Result<Built, TfliteError>,
+    ) -> Result<Built, TfliteError> {
         let mut saved = Vec::new();
         for &i in &ctx.inputs {
             if let Some(&w) = self.wires.get(&i) {
@@ -69,9 +70,17 @@ impl Builder<'_> {
         for (i, w) in saved {
             self.wires.insert(i, w);
         }
-        let (out, extra) = translated?;
+        let translated = translated?;
         self.fallbacks.push(format!("#{} {}", ctx.index, ctx.name));
-        Ok((self.offsets_to_u8(ctx.outputs[0], out)?, extra))
+        let out = ctx.outputs[0];
+        Ok(match translated {
+            Built::Wire(wire) => Built::Wire(self.offsets_to_u8(out, wire)?),
+            Built::Pooled { wire, embedding } => Built::Pooled {
+                wire: self.offsets_to_u8(out, wire)?,
+                embedding,
+            },
+            Built::Logits(logits) => Built::Logits(logits),
+        })
     }
 
     /// The output's 8-bit range met with the fused activation, on the u8 grid.
@@ -90,16 +99,17 @@ impl Builder<'_> {
     pub(super) fn conv_int8(
         &mut self,
         ctx: &OpCtx,
-        depthwise: bool,
+        o: &ConvOptions,
     ) -> Result<Option<OutletId>, TfliteError> {
         let ConvOptions {
-            k_shape,
-            pool_spec,
+            depthwise,
+            ref k_shape,
+            ref pool_spec,
             act,
             out_c,
             window,
             ..
-        } = conv_options(self, ctx, depthwise)?;
+        } = *o;
         let (x_i, k_i) = (ctx.inputs[0], ctx.inputs[1]);
         let pointwise = !depthwise
             && k_shape[1] == 1
@@ -170,21 +180,17 @@ impl Builder<'_> {
     }
 
     /// An ADD of two maps of one shape on our 8-bit operator; `None` for broadcasting ADDs.
-    pub(super) fn add_int8(&mut self, ctx: &OpCtx) -> Result<Option<OutletId>, TfliteError> {
-        if ctx.inputs.len() != 2 {
-            return Err(ctx.unsupported("expected two inputs"));
-        }
+    pub(super) fn add_int8(
+        &mut self,
+        ctx: &OpCtx,
+        o: &AddOptions,
+    ) -> Result<Option<OutletId>, TfliteError> {
         let (a_i, b_i) = (ctx.inputs[0], ctx.inputs[1]);
         let (a, b) = (self.wire(ctx, a_i)?, self.wire(ctx, b_i)?);
         if self.target.outlet_fact(a)?.shape != self.target.outlet_fact(b)?.shape {
             return Ok(None);
         }
-        let act = ctx
-            .flat
-            .builtin_options_as_add_options()
-            .map(|o| o.fused_activation_function())
-            .unwrap_or(ActivationFunctionType::NONE);
-        let (lo, hi) = self.range_u8(ctx, act)?;
+        let (lo, hi) = self.range_u8(ctx, o.act)?;
         let scales = [a_i, b_i, ctx.outputs[0]].map(|i| self.scale(i));
         let zero_points = [a_i, b_i, ctx.outputs[0]].map(|i| self.zero_point_u8(i));
         let [sa, sb, so] = scales;

@@ -28,10 +28,12 @@
 //! each layer's requantization in one pass, the 8-bit ADD, and the NHWC depthwise convolution
 //! with its requantization fused. They compute the same numbers as the tract ops they replace.
 //!
-//! The translator is split as tract-tflite's is, by concern: `read` (the flatbuffer:
-//! tensors, quantization, constants), `input`, `quant` (requantization and activations), `conv`
-//! (CONV_2D, DEPTHWISE_CONV_2D), `element_wise` (ADD, QUANTIZE, RESHAPE), `pool` (the global
-//! pooling, where the embedding is cut) and `ops`.
+//! The translator is split as tract-tflite's is: `registry`, the one table from operator code
+//! to its reader (options parsed once, then the precision's builder), and by concern: `read`
+//! (the flatbuffer: tensors, quantization, constants), `input`, `quant` (requantization and
+//! activations), `conv` (CONV_2D, DEPTHWISE_CONV_2D), `element_wise` (ADD, QUANTIZE, RESHAPE),
+//! `pool` (the global pooling, where the embedding is cut), `int8` and `float` (those
+//! precisions' own builders) and `ops`.
 
 mod conv;
 mod element_wise;
@@ -42,6 +44,7 @@ pub mod ops;
 mod pool;
 mod quant;
 mod read;
+mod registry;
 
 use std::collections::HashMap;
 
@@ -134,13 +137,25 @@ struct Builder<'a> {
     fallbacks: Vec<String>,
 }
 
-/// One operator being translated, for error messages.
+/// One operator being translated.
 struct OpCtx<'a> {
     index: usize,
+    code: BuiltinOperator,
+    /// The code's name, for error messages and node names.
     name: String,
     flat: fb::Operator<'a>,
     inputs: Vec<i32>,
     outputs: Vec<i32>,
+}
+
+/// What an operator's builder wired.
+enum Built {
+    /// The operator's output.
+    Wire(OutletId),
+    /// The global pooling: the wire the next operator reads, and the embedding cut there.
+    Pooled { wire: OutletId, embedding: OutletId },
+    /// The input of the final SOFTMAX, the class logits: the graph ends here.
+    Logits(OutletId),
 }
 
 impl OpCtx<'_> {
@@ -178,6 +193,7 @@ impl<'a> Builder<'a> {
             let code = self.opcode(&flat)?;
             let ctx = OpCtx {
                 index,
+                code,
                 name: code
                     .variant_name()
                     .map(str::to_string)
@@ -195,40 +211,15 @@ impl<'a> Builder<'a> {
             if ctx.outputs.len() != 1 {
                 return Err(ctx.unsupported("expected exactly one output"));
             }
-            let out = match code {
-                BuiltinOperator::SOFTMAX => {
-                    // The caller applies softmax in f32; we stop at the logits. What follows a
-                    // final softmax only re-encodes the probabilities (TF2's output QUANTIZE).
-                    logits = Some(self.real(ctx.inputs[0], "logits")?);
+            let out = match self.translate(&ctx)? {
+                Built::Wire(wire) => wire,
+                Built::Pooled { wire, embedding: e } => {
+                    embedding = Some(e);
+                    wire
+                }
+                Built::Logits(wire) => {
+                    logits = Some(wire);
                     break;
-                }
-                BuiltinOperator::RESHAPE => self.reshape(&ctx)?,
-                _ if self.precision == Precision::Int8 => {
-                    let quantized = match code {
-                        BuiltinOperator::CONV_2D => self.conv_int8(&ctx, false)?,
-                        BuiltinOperator::DEPTHWISE_CONV_2D => self.conv_int8(&ctx, true)?,
-                        BuiltinOperator::ADD => self.add_int8(&ctx)?,
-                        _ => None,
-                    };
-                    match quantized {
-                        Some(wire) => wire,
-                        None => {
-                            let (wire, emb) =
-                                self.via_offsets(&ctx, |b| b.translate_f32(&ctx, code))?;
-                            embedding = emb.or(embedding);
-                            wire
-                        }
-                    }
-                }
-                _ if self.precision == Precision::F16 => {
-                    let (wire, emb) = self.translate_real(&ctx, code)?;
-                    embedding = emb.or(embedding);
-                    wire
-                }
-                _ => {
-                    let (wire, emb) = self.translate_f32(&ctx, code)?;
-                    embedding = emb.or(embedding);
-                    wire
                 }
             };
             self.wires.insert(ctx.outputs[0], out);
@@ -255,31 +246,6 @@ impl<'a> Builder<'a> {
             embedding,
             logits,
             f32_fallbacks: self.fallbacks,
-        })
-    }
-
-    /// One operator in the f32 graph's form; also the embedding when it is the global pooling.
-    fn translate_f32(
-        &mut self,
-        ctx: &OpCtx,
-        code: BuiltinOperator,
-    ) -> Result<(OutletId, Option<OutletId>), TfliteError> {
-        Ok(match code {
-            BuiltinOperator::CONV_2D => (self.conv(ctx, false)?, None),
-            BuiltinOperator::DEPTHWISE_CONV_2D => (self.conv(ctx, true)?, None),
-            BuiltinOperator::ADD => (self.add(ctx)?, None),
-            BuiltinOperator::AVERAGE_POOL_2D | BuiltinOperator::MEAN => {
-                let (wire, embedding) = self.global_pool(ctx, code)?;
-                (wire, Some(embedding))
-            }
-            BuiltinOperator::RESHAPE => (self.reshape(ctx)?, None),
-            BuiltinOperator::QUANTIZE => (self.requantize(ctx)?, None),
-            _ => {
-                return Err(TfliteError::UnsupportedOp {
-                    index: ctx.index,
-                    op: ctx.name.clone(),
-                })
-            }
         })
     }
 

@@ -8,61 +8,75 @@ use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator};
 use super::read::values;
 use super::{Builder, OpCtx, TfliteError};
 
+/// A global pooling's map size and fused activation, checked to cover the whole map: what every
+/// precision's graph is built from.
+pub(super) struct PoolOptions {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub act: ActivationFunctionType,
+}
+
+/// The options of an AVERAGE_POOL_2D over the whole map or a MEAN over H and W.
+pub(super) fn pool_options(b: &Builder, ctx: &OpCtx) -> Result<PoolOptions, TfliteError> {
+    let shape = b.shape(ctx.inputs[0])?;
+    if shape.len() != 4 {
+        return Err(ctx.unsupported(format!("input shape {shape:?}")));
+    }
+    let (h, w, c) = (shape[1], shape[2], shape[3]);
+    let act = if ctx.code == BuiltinOperator::AVERAGE_POOL_2D {
+        let o = ctx
+            .flat
+            .builtin_options_as_pool_2_doptions()
+            .ok_or_else(|| ctx.unsupported("missing options"))?;
+        if (o.filter_height() as usize, o.filter_width() as usize) != (h, w) {
+            return Err(ctx.unsupported("only global average pooling is supported"));
+        }
+        o.fused_activation_function()
+    } else {
+        let axes = values::<i64>(&b.raw_const(ctx, ctx.inputs[1])?)?;
+        let mut axes: Vec<i64> = axes
+            .iter()
+            .map(|&a| if a < 0 { a + 4 } else { a })
+            .collect();
+        axes.sort_unstable();
+        if axes != [1, 2] {
+            return Err(
+                ctx.unsupported(format!("MEAN over axes {axes:?}; only [1, 2] is supported"))
+            );
+        }
+        ActivationFunctionType::NONE
+    };
+    Ok(PoolOptions { h, w, c, act })
+}
+
 impl Builder<'_> {
     /// AVERAGE_POOL_2D over the whole map, or MEAN over H and W: the embedding.
     /// Returns (wire for the next op, f32 embedding wire).
     pub(super) fn global_pool(
         &mut self,
         ctx: &OpCtx,
-        code: BuiltinOperator,
+        o: &PoolOptions,
     ) -> Result<(OutletId, OutletId), TfliteError> {
-        let (y, act) = self.mean_pool(ctx, code)?;
+        let y = self.mean_pool(ctx, o)?;
         // The embedding is the 8-bit pooled tensor, as LiteRT's is, in real units.
         let m = self.scale(ctx.inputs[0])? / self.scale(ctx.outputs[0])?;
-        let next = self.requantize_f32(ctx, y, &[m], act)?;
+        let next = self.requantize_f32(ctx, y, &[m], o.act)?;
         self.wires.insert(ctx.outputs[0], next);
         let embedding = self.real(ctx.outputs[0], &format!("op{}.pool", ctx.index))?;
         Ok((next, embedding))
     }
 
-    /// The mean over the whole map, shaped as the output tensor, and the fused activation still
-    /// to apply.
+    /// The mean over the whole map, shaped as the output tensor; the fused activation (in `o`)
+    /// is still to apply.
     pub(super) fn mean_pool(
         &mut self,
         ctx: &OpCtx,
-        code: BuiltinOperator,
-    ) -> Result<(OutletId, ActivationFunctionType), TfliteError> {
-        let x_i = ctx.inputs[0];
-        let shape = self.shape(x_i)?;
-        if shape.len() != 4 {
-            return Err(ctx.unsupported(format!("input shape {shape:?}")));
-        }
-        let (h, w, c) = (shape[1], shape[2], shape[3]);
-        let act = if code == BuiltinOperator::AVERAGE_POOL_2D {
-            let o = ctx
-                .flat
-                .builtin_options_as_pool_2_doptions()
-                .ok_or_else(|| ctx.unsupported("missing options"))?;
-            if (o.filter_height() as usize, o.filter_width() as usize) != (h, w) {
-                return Err(ctx.unsupported("only global average pooling is supported"));
-            }
-            o.fused_activation_function()
-        } else {
-            let axes = values::<i64>(&self.raw_const(ctx, ctx.inputs[1])?)?;
-            let mut axes: Vec<i64> = axes
-                .iter()
-                .map(|&a| if a < 0 { a + 4 } else { a })
-                .collect();
-            axes.sort_unstable();
-            if axes != [1, 2] {
-                return Err(
-                    ctx.unsupported(format!("MEAN over axes {axes:?}; only [1, 2] is supported"))
-                );
-            }
-            ActivationFunctionType::NONE
-        };
+        o: &PoolOptions,
+    ) -> Result<OutletId, TfliteError> {
+        let PoolOptions { h, w, c, .. } = *o;
         let name = self.unique(&format!("op{}.pool", ctx.index));
-        let x = self.wire(ctx, x_i)?;
+        let x = self.wire(ctx, ctx.inputs[0])?;
         let pool = SumPool {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NHWC,
@@ -89,6 +103,6 @@ impl Builder<'_> {
                 &[y],
             )?[0];
         }
-        Ok((y, act))
+        Ok(y)
     }
 }
