@@ -1,7 +1,8 @@
 //! The crate's layout rules, read from the sources (their `crate::`, `super::` and child-module
 //! paths): the library's modules form layers with no import cycle, between modules or between
 //! the files of a folder module; clap stays in the command line; files stay readable in size;
-//! `lib.rs` documents every module; the image extensions have one home. Run with the other tests (`cargo test --test layout`).
+//! `lib.rs` documents every module; the image extensions and the `unknown` label each have one
+//! home. Run with the other tests (`cargo test --test layout`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -432,5 +433,16 @@ fn image_extensions_are_listed_only_in_discover() {
     assert!(
         offenders.is_empty(),
         "image extensions outside src/discover.rs (use discover::is_image_path or IMAGE_EXTENSIONS): {offenders:?}"
+    );
+}
+
+#[test]
+fn the_unknown_label_is_defined_only_in_classifier() {
+    // Lower case: the code is compared without case.
+    let definitions = ["const unknown_label", "static unknown_label", "\"unknown\""];
+    let offenders = outside_owner("src/classifier.rs", &definitions);
+    assert!(
+        offenders.is_empty(),
+        "the unknown label defined outside src/classifier.rs (use classifier::UNKNOWN_LABEL): {offenders:?}"
     );
 }

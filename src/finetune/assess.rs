@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::backbone::EMBEDDING_DIM;
-use crate::classifier::Prediction;
+use crate::classifier::{self, Prediction, NO_THRESHOLD};
 use crate::confidence::{self, CalibrationReport, TemperatureChoice};
 use crate::dataset::Sample;
 use crate::head::Head;
@@ -105,7 +105,15 @@ pub fn assess(head: &Head, test: &Embedded, unknown: Option<(&Path, &Embedded)>)
     let (known_novelty, unknown_novelty, unknown_report) = match &head.novelty {
         Some(n) => {
             let known = n.scores(&plain_rows(test));
-            eval.rejected_rate = Some(crate::novelty::rate_above(&known, n.threshold));
+            // The serve and predict rule, without a confidence threshold (evaluate has none).
+            let rejected = predictions
+                .iter()
+                .zip(&known)
+                .filter(|&(&(_, conf), &score)| {
+                    classifier::is_rejected(conf, n.is_unknown(score), NO_THRESHOLD)
+                })
+                .count();
+            eval.rejected_rate = Some(rejected as f64 / known.len().max(1) as f64);
             let (unknown_scores, report) = match unknown {
                 Some((dir, u)) => {
                     let s = n.scores(&plain_rows(u));
