@@ -70,6 +70,13 @@ pub fn is_rejected(confidence: f32, novel: bool, threshold: f32) -> bool {
     confidence < threshold || novel
 }
 
+/// A training class that would read as [`UNKNOWN_LABEL`] in results and metrics. Any case:
+/// `Unknown` beside rejected frames' `unknown` cannot be told apart by a reader, by a client
+/// that matches labels without case, or as folders on a case-insensitive file system.
+pub fn is_reserved_class(name: &str) -> bool {
+    name.eq_ignore_ascii_case(UNKNOWN_LABEL)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub label: String,
@@ -201,5 +208,15 @@ mod tests {
             prediction(0.0, true).reported_label(NO_THRESHOLD),
             UNKNOWN_LABEL
         );
+    }
+
+    #[test]
+    fn a_class_named_like_the_unknown_label_is_reserved_in_any_case() {
+        for name in ["unknown", "Unknown", "UNKNOWN"] {
+            assert!(is_reserved_class(name), "{name}");
+        }
+        for name in ["unknowns", "not unknown", "ants"] {
+            assert!(!is_reserved_class(name), "{name}");
+        }
     }
 }

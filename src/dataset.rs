@@ -160,6 +160,11 @@ fn rel_to(path: &Path, root: &Path) -> String {
         .join("/")
 }
 
+/// `DATA` is laid out as `DATA/{train,val,test}/<class>/<image>`.
+fn has_split_layout(root: &Path) -> bool {
+    root.join("train").is_dir()
+}
+
 impl Dataset {
     /// Reads a dataset folder in either layout.
     pub fn open(root: &Path, fractions: SplitFractions) -> Result<Dataset, DatasetError> {
@@ -169,10 +174,19 @@ impl Dataset {
         if !root.is_dir() {
             return Err(DatasetError::NotADir(root.to_path_buf()));
         }
-        if root.join("train").is_dir() {
+        if has_split_layout(root) {
             Self::open_split_layout(root)
         } else {
             Self::open_flat(root, fractions)
+        }
+    }
+
+    /// The folder of a training class: `DATA/train/<class>` or `DATA/<class>`.
+    pub fn class_dir(&self, class: &str) -> PathBuf {
+        if has_split_layout(&self.root) {
+            self.root.join("train").join(class)
+        } else {
+            self.root.join(class)
         }
     }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::augment::AugmentParams;
 use crate::backbone::{Backbone, EMBEDDING_DIM};
-use crate::classifier::backbone_ref;
+use crate::classifier::{backbone_ref, is_reserved_class, UNKNOWN_LABEL};
 use crate::confidence::{CalibrationReport, TemperatureChoice};
 use crate::dataset::{Dataset, Sample, SplitFractions};
 use crate::discover;
@@ -261,6 +261,12 @@ pub fn finetune(
         );
     }
     let ds = Dataset::open(&opts.data, opts.split)?;
+    if let Some(class) = ds.classes.iter().find(|c| is_reserved_class(c)) {
+        bail!(
+            "{}: a class cannot be named '{class}': rejected images are labelled '{UNKNOWN_LABEL}'; rename the folder",
+            ds.class_dir(class).display()
+        );
+    }
     prepare_out_dir(&opts.out)?;
     for note in &ds.notes {
         progress.stage(note);

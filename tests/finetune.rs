@@ -226,6 +226,38 @@ fn bad_datasets_are_refused_clearly() {
         "{e}"
     );
 
+    // A class folder named like the label of rejected images, in any case, in either layout.
+    let reserved = tmp.path().join("reserved");
+    small_set(&reserved, &[("ants", 6), ("bees", 6)]);
+    std::fs::rename(reserved.join("bees"), reserved.join("unknown")).unwrap();
+    let e = finetune_err(&reserved, &out, &[]);
+    assert!(
+        e.contains(&format!(
+            "{}: a class cannot be named 'unknown': rejected images are labelled 'unknown'; rename the folder",
+            reserved.join("unknown").display()
+        )),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let reserved = tmp.path().join("reserved-split");
+    small_set(&reserved.join("train"), &[("ants", 6), ("bees", 6)]);
+    small_set(&reserved.join("test"), &[("ants", 2), ("bees", 2)]);
+    for split in ["train", "test"] {
+        std::fs::rename(
+            reserved.join(split).join("bees"),
+            reserved.join(split).join("Unknown"),
+        )
+        .unwrap();
+    }
+    let e = finetune_err(&reserved, &out, &[]);
+    assert!(
+        e.contains(&format!(
+            "{}: a class cannot be named 'Unknown'",
+            reserved.join("train/Unknown").display()
+        )),
+        "{e}"
+    );
+
     let file_as_out = tmp.path().join("a-file");
     std::fs::write(&file_as_out, b"x").unwrap();
     let mixed = tmp.path().join("mixed");
