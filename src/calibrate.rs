@@ -17,7 +17,7 @@ use crate::calibration::{
 };
 use crate::loader;
 use crate::models::{ModelFormat, Precision, ResolvedModel};
-use crate::{dataset, preprocess};
+use crate::{discover, preprocess};
 
 pub struct CalibrateOptions {
     pub images: Vec<PathBuf>,
@@ -63,8 +63,9 @@ pub fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
             images.push(p);
         }
     } else {
-        collect_images(dir, &mut images)?;
-        images.sort();
+        images = discover::images_under(dir).map_err(|e| {
+            anyhow::Error::new(e.error).context(format!("reading {}", e.dir.display()))
+        })?;
     }
     anyhow::ensure!(
         !images.is_empty(),
@@ -72,18 +73,6 @@ pub fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
         dir.display()
     );
     Ok(images)
-}
-
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_images(&path, out)?;
-        } else if dataset::is_image_path(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// One precision's outputs on every calibration image.

@@ -1,5 +1,6 @@
 //! A trained head on its backbone: image in, label out. What `predict`, `evaluate` and the
-//! service run for every image or frame.
+//! service run for every image or frame, and what makes an image `unknown` ([`UNKNOWN_LABEL`],
+//! [`is_rejected`]) for all three alike.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +57,26 @@ pub fn check_compatible(head: &Head, backbone: &Backbone) -> Result<(), Mismatch
     Ok(())
 }
 
+/// The label an image gets when it is rejected: of none of the classes, or too uncertain.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+/// No confidence threshold: only novelty rejects (`predict` and `evaluate`, and `serve` without
+/// `--threshold`). A probability is never below it.
+pub const NO_THRESHOLD: f32 = 0.0;
+
+/// The one rule for `unknown`: the top class's probability is below `threshold`, or the image's
+/// novelty is above the head's threshold (`novel`).
+pub fn is_rejected(confidence: f32, novel: bool, threshold: f32) -> bool {
+    confidence < threshold || novel
+}
+
+/// A training class that would read as [`UNKNOWN_LABEL`] in results and metrics. Any case:
+/// `Unknown` beside rejected frames' `unknown` cannot be told apart by a reader, by a client
+/// that matches labels without case, or as folders on a case-insensitive file system.
+pub fn is_reserved_class(name: &str) -> bool {
+    name.eq_ignore_ascii_case(UNKNOWN_LABEL)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub label: String,
@@ -103,6 +124,20 @@ impl Prediction {
         }
         self
     }
+
+    /// [`is_rejected`] for this prediction.
+    pub fn is_rejected(&self, threshold: f32) -> bool {
+        is_rejected(self.confidence, self.novel, threshold)
+    }
+
+    /// The label to report: the top class, or [`UNKNOWN_LABEL`] when the image is rejected.
+    pub fn reported_label(&self, threshold: f32) -> &str {
+        if self.is_rejected(threshold) {
+            UNKNOWN_LABEL
+        } else {
+            &self.label
+        }
+    }
 }
 
 /// Classifies `img` with `head`, averaging its probabilities over `views` (the head's own when
@@ -142,5 +177,46 @@ impl Classifier {
         views: Option<Views>,
     ) -> Result<Prediction, BackboneError> {
         classify(&self.backbone, &self.head, img, views)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(confidence: f32, novel: bool) -> Prediction {
+        Prediction {
+            label: "ants".into(),
+            index: 0,
+            confidence,
+            probs: vec![confidence, 1.0 - confidence],
+            novelty: None,
+            novel,
+        }
+    }
+
+    #[test]
+    fn an_image_is_unknown_below_the_threshold_or_when_novel() {
+        assert_eq!(prediction(0.6, false).reported_label(0.5), "ants");
+        assert_eq!(prediction(0.4, false).reported_label(0.5), UNKNOWN_LABEL);
+        assert_eq!(prediction(0.9, true).reported_label(0.5), UNKNOWN_LABEL);
+        // At the threshold the class is kept, as `serve --threshold` always did.
+        assert_eq!(prediction(0.5, false).reported_label(0.5), "ants");
+        // Without a threshold only novelty rejects, even a probability of 0.
+        assert_eq!(prediction(0.0, false).reported_label(NO_THRESHOLD), "ants");
+        assert_eq!(
+            prediction(0.0, true).reported_label(NO_THRESHOLD),
+            UNKNOWN_LABEL
+        );
+    }
+
+    #[test]
+    fn a_class_named_like_the_unknown_label_is_reserved_in_any_case() {
+        for name in ["unknown", "Unknown", "UNKNOWN"] {
+            assert!(is_reserved_class(name), "{name}");
+        }
+        for name in ["unknowns", "not unknown", "ants"] {
+            assert!(!is_reserved_class(name), "{name}");
+        }
     }
 }

@@ -6,8 +6,9 @@
 //! - `DATA/{train,val,test}/<class>/<image>`: used as given. Without `test`, `val` becomes the
 //!   held-out test set and validation is carved from `train` by the same hash.
 //!
-//! Class names are the folder names, sorted. Hidden files and non-image files are skipped (and
-//! counted); files that turn out unreadable are reported later, when they are decoded.
+//! Class names are the folder names, sorted. Which files are images, and how folders are walked,
+//! is [`crate::discover`]'s rule: hidden entries are skipped, non-image files counted as ignored;
+//! files that turn out unreadable are reported later, when they are decoded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "gif", "webp"];
+use crate::discover::{self, WalkError};
 
 #[derive(Debug, Error)]
 pub enum DatasetError {
@@ -40,6 +41,15 @@ pub enum DatasetError {
     },
     #[error("invalid split '{0}': expected three percentages like 70/15/15 summing to 100")]
     BadSplit(String),
+}
+
+impl From<WalkError> for DatasetError {
+    fn from(e: WalkError) -> DatasetError {
+        DatasetError::Io {
+            path: e.dir,
+            reason: e.error.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,31 +127,6 @@ pub fn path_hash_unit(rel: &str) -> f64 {
     v as f64 / 2f64.powi(64)
 }
 
-fn is_hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
-}
-
-pub fn is_image_path(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DatasetError::Io {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !is_hidden(p))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 /// Class name → its image paths, sorted.
 type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
 
@@ -150,7 +135,7 @@ type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
 fn scan_class_folders(root: &Path) -> Result<(ClassFolders, Vec<PathBuf>), DatasetError> {
     let mut classes = BTreeMap::new();
     let mut ignored = Vec::new();
-    for entry in read_dir_sorted(root)? {
+    for entry in discover::entries(root)? {
         if !entry.is_dir() {
             ignored.push(entry);
             continue;
@@ -160,21 +145,9 @@ fn scan_class_folders(root: &Path) -> Result<(ClassFolders, Vec<PathBuf>), Datas
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        let mut images = Vec::new();
-        let mut stack = vec![entry];
-        while let Some(dir) = stack.pop() {
-            for p in read_dir_sorted(&dir)? {
-                if p.is_dir() {
-                    stack.push(p);
-                } else if is_image_path(&p) {
-                    images.push(p);
-                } else {
-                    ignored.push(p);
-                }
-            }
-        }
-        images.sort();
-        classes.insert(name, images);
+        let found = discover::walk(&entry)?;
+        ignored.extend(found.other);
+        classes.insert(name, found.images);
     }
     Ok((classes, ignored))
 }
@@ -187,6 +160,11 @@ fn rel_to(path: &Path, root: &Path) -> String {
         .join("/")
 }
 
+/// `DATA` is laid out as `DATA/{train,val,test}/<class>/<image>`.
+fn has_split_layout(root: &Path) -> bool {
+    root.join("train").is_dir()
+}
+
 impl Dataset {
     /// Reads a dataset folder in either layout.
     pub fn open(root: &Path, fractions: SplitFractions) -> Result<Dataset, DatasetError> {
@@ -196,10 +174,19 @@ impl Dataset {
         if !root.is_dir() {
             return Err(DatasetError::NotADir(root.to_path_buf()));
         }
-        if root.join("train").is_dir() {
+        if has_split_layout(root) {
             Self::open_split_layout(root)
         } else {
             Self::open_flat(root, fractions)
+        }
+    }
+
+    /// The folder of a training class: `DATA/train/<class>` or `DATA/<class>`.
+    pub fn class_dir(&self, class: &str) -> PathBuf {
+        if has_split_layout(&self.root) {
+            self.root.join("train").join(class)
+        } else {
+            self.root.join(class)
         }
     }
 
@@ -484,5 +471,34 @@ mod tests {
                 .contains("class 'z' is not among the training classes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_image_discover_knows_is_trained_on() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["a", "b"] {
+            touch(&d.path().join(format!("{c}/1.jpg")));
+            touch(&d.path().join(format!("{c}/2.jfif")));
+            touch(&d.path().join(format!("{c}/deep/3.JFIF")));
+        }
+        let ds = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        let mut rels: Vec<&str> = [&ds.train, &ds.val, &ds.test]
+            .into_iter()
+            .flatten()
+            .map(|s| s.rel.as_str())
+            .collect();
+        rels.sort();
+        assert_eq!(
+            rels,
+            [
+                "a/1.jpg",
+                "a/2.jfif",
+                "a/deep/3.JFIF",
+                "b/1.jpg",
+                "b/2.jfif",
+                "b/deep/3.JFIF"
+            ]
+        );
+        assert!(ds.ignored_files.is_empty(), "{:?}", ds.ignored_files);
     }
 }

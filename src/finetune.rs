@@ -2,9 +2,7 @@
 //! metrics → head file and reports, written atomically into the output directory.
 
 mod assess;
-pub use assess::{
-    assess, images_under, markdown as assessment_markdown, plots, Assessment, NoveltySummary,
-};
+pub use assess::{assess, markdown as assessment_markdown, plots, Assessment, NoveltySummary};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +15,10 @@ use serde::Serialize;
 
 use crate::augment::AugmentParams;
 use crate::backbone::{Backbone, EMBEDDING_DIM};
-use crate::classifier::backbone_ref;
+use crate::classifier::{backbone_ref, is_reserved_class, UNKNOWN_LABEL};
 use crate::confidence::{CalibrationReport, TemperatureChoice};
 use crate::dataset::{Dataset, Sample, SplitFractions};
+use crate::discover;
 use crate::features::{self, Cache, EmbedStats, ViewSpec};
 use crate::fsutil;
 use crate::head::{EpochStats, Head, TrainConfig, TrainSummary, HEAD_FILE};
@@ -181,7 +180,8 @@ struct Embedder<'a> {
 impl Embedder<'_> {
     /// Embeds every image under `dir` (plain view only: novelty is scored on it).
     fn embed_unknown(&mut self, dir: &Path) -> Result<Vec<(Sample, Vec<Vec<f32>>)>> {
-        let paths = images_under(dir)
+        let paths = discover::images_under(dir)
+            .map_err(|e| e.error)
             .with_context(|| format!("{}: cannot read the unknown-image folder", dir.display()))?;
         if paths.is_empty() {
             bail!("{}: no images in the unknown-image folder", dir.display());
@@ -261,6 +261,12 @@ pub fn finetune(
         );
     }
     let ds = Dataset::open(&opts.data, opts.split)?;
+    if let Some(class) = ds.classes.iter().find(|c| is_reserved_class(c)) {
+        bail!(
+            "{}: a class cannot be named '{class}': rejected images are labelled '{UNKNOWN_LABEL}'; rename the folder",
+            ds.class_dir(class).display()
+        );
+    }
     prepare_out_dir(&opts.out)?;
     for note in &ds.notes {
         progress.stage(note);

@@ -33,6 +33,8 @@
 //! Foundations:
 //! - [`head`]: embedding → label: the softmax head, its training and its file.
 //! - [`dataset`]: a labelled folder and its deterministic splits.
+//! - [`discover`]: which files are images and how folders are walked (hidden entries skipped,
+//!   links followed), for every reader of image folders.
 //! - [`augment`]: random flip / rotation / zoom views for training.
 //! - [`views`]: the fixed views (plain, flip, centre crop, its flip) training and prediction share.
 //! - [`novelty`]: how far an embedding is from the training data, and the `unknown` threshold.
@@ -57,6 +59,7 @@ pub mod capture;
 pub mod classifier;
 pub mod confidence;
 pub mod dataset;
+pub mod discover;
 pub mod features;
 pub mod fetch;
 pub mod finetune;

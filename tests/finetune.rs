@@ -226,6 +226,38 @@ fn bad_datasets_are_refused_clearly() {
         "{e}"
     );
 
+    // A class folder named like the label of rejected images, in any case, in either layout.
+    let reserved = tmp.path().join("reserved");
+    small_set(&reserved, &[("ants", 6), ("bees", 6)]);
+    std::fs::rename(reserved.join("bees"), reserved.join("unknown")).unwrap();
+    let e = finetune_err(&reserved, &out, &[]);
+    assert!(
+        e.contains(&format!(
+            "{}: a class cannot be named 'unknown': rejected images are labelled 'unknown'; rename the folder",
+            reserved.join("unknown").display()
+        )),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let reserved = tmp.path().join("reserved-split");
+    small_set(&reserved.join("train"), &[("ants", 6), ("bees", 6)]);
+    small_set(&reserved.join("test"), &[("ants", 2), ("bees", 2)]);
+    for split in ["train", "test"] {
+        std::fs::rename(
+            reserved.join(split).join("bees"),
+            reserved.join(split).join("Unknown"),
+        )
+        .unwrap();
+    }
+    let e = finetune_err(&reserved, &out, &[]);
+    assert!(
+        e.contains(&format!(
+            "{}: a class cannot be named 'Unknown'",
+            reserved.join("train/Unknown").display()
+        )),
+        "{e}"
+    );
+
     let file_as_out = tmp.path().join("a-file");
     std::fs::write(&file_as_out, b"x").unwrap();
     let mixed = tmp.path().join("mixed");
@@ -239,6 +271,13 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     small_set(&data, &[("ants", 12), ("bees", 12)]);
+    // `serve` reads a .jfif from a folder, so training takes it too.
+    let first_ant = std::fs::read_dir(data.join("ants")).unwrap().next();
+    std::fs::copy(
+        first_ant.unwrap().unwrap().path(),
+        data.join("ants/copy.JFIF"),
+    )
+    .unwrap();
     std::fs::write(data.join("ants/notes.txt"), "hello").unwrap();
     std::fs::write(data.join("ants/.DS_Store"), "x").unwrap();
     std::fs::write(data.join("bees/broken.jpg"), "not a jpeg").unwrap();
@@ -272,7 +311,7 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
                 .sum::<u64>()
         })
         .sum();
-    assert_eq!(total, 24);
+    assert_eq!(total, 25);
 }
 
 #[test]

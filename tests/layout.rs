@@ -1,7 +1,8 @@
 //! The crate's layout rules, read from the sources (their `crate::`, `super::` and child-module
 //! paths): the library's modules form layers with no import cycle, between modules or between
 //! the files of a folder module; clap stays in the command line; files stay readable in size;
-//! `lib.rs` documents every module. Run with the other tests (`cargo test --test layout`).
+//! `lib.rs` documents every module; the image extensions and the `unknown` label each have one
+//! home. Run with the other tests (`cargo test --test layout`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "head",
         "dataset",
+        "discover",
         "augment",
         "tflite",
         "preprocess",
@@ -394,4 +396,53 @@ fn lib_rs_documents_every_module() {
     );
     let unlayered: Vec<&String> = modules.iter().filter(|m| layer_of(m).is_none()).collect();
     assert!(unlayered.is_empty(), "modules with no layer: {unlayered:?}");
+}
+
+/// The `src/` files, other than `owner`, whose code (unit tests included, comments left out,
+/// compared in lower case) holds one of the lower-case `needles`, each with the needles it holds.
+/// Unit tests count: a rule's second copy is one wherever it stands, and the files are read
+/// whole because finding a test module's end by its braces is thrown off by a `{` in a string.
+fn outside_owner(owner: &str, needles: &[&str]) -> Vec<String> {
+    read_sources()
+        .iter()
+        .filter(|f| f.rel != owner)
+        .filter_map(|f| {
+            let text = std::fs::read_to_string(src().join(&f.rel["src/".len()..])).unwrap();
+            let code: String = text
+                .lines()
+                .map(|l| l.find("//").map_or(l, |i| &l[..i]).to_ascii_lowercase() + "\n")
+                .collect();
+            let found: Vec<&str> = needles
+                .iter()
+                .copied()
+                .filter(|n| code.contains(n))
+                .collect();
+            (!found.is_empty()).then(|| format!("{}: {found:?}", f.rel))
+        })
+        .collect()
+}
+
+#[test]
+fn image_extensions_are_listed_only_in_discover() {
+    // Any one of them quoted is a second list (or a second `is_image`) in the making; the
+    // extension lists had drifted apart once (`.jfif` served but not trained on).
+    let extensions = [
+        "\"jpg\"", "\"jpeg\"", "\"jfif\"", "\"png\"", "\"bmp\"", "\"gif\"", "\"webp\"",
+    ];
+    let offenders = outside_owner("src/discover.rs", &extensions);
+    assert!(
+        offenders.is_empty(),
+        "image extensions outside src/discover.rs (use discover::is_image_path or IMAGE_EXTENSIONS): {offenders:?}"
+    );
+}
+
+#[test]
+fn the_unknown_label_is_defined_only_in_classifier() {
+    // Lower case: the code is compared without case.
+    let definitions = ["const unknown_label", "static unknown_label", "\"unknown\""];
+    let offenders = outside_owner("src/classifier.rs", &definitions);
+    assert!(
+        offenders.is_empty(),
+        "the unknown label defined outside src/classifier.rs (use classifier::UNKNOWN_LABEL): {offenders:?}"
+    );
 }

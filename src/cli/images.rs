@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
+use edge_mnv2::classifier::NO_THRESHOLD;
 use edge_mnv2::models::Precision;
-use edge_mnv2::serve::UNKNOWN_LABEL;
 use edge_mnv2::{fsutil, loader, preprocess};
 
 use super::args::{ClassifyArgs, EmbedArgs, PredictArgs};
@@ -47,7 +47,8 @@ struct EmbedLine<'a> {
 struct PredictLine<'a> {
     confidence: f64,
     file: &'a Path,
-    /// The top class, or `unknown` when the novelty is above the head's threshold.
+    /// The top class, or `unknown` when the novelty is above the head's threshold (predict has
+    /// no confidence threshold).
     label: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     novelty: Option<f64>,
@@ -143,7 +144,7 @@ pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
     Ok(for_each_image(&args.images, |path| {
         let img = preprocess::load_rgb_reduced(path, c.backbone.input_size())?;
         let p = c.predict(&img, args.views)?;
-        let label = if p.novel { UNKNOWN_LABEL } else { &p.label };
+        let label = p.reported_label(NO_THRESHOLD);
         let mut out = stdout.lock();
         if args.json {
             let line = PredictLine {

@@ -3,14 +3,14 @@
 //! `evaluate` share: closed-set metrics, calibration before and after, known images rejected, and
 //! known against unknown images.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::backbone::EMBEDDING_DIM;
-use crate::classifier::Prediction;
+use crate::classifier::{self, Prediction, NO_THRESHOLD};
 use crate::confidence::{self, CalibrationReport, TemperatureChoice};
-use crate::dataset::{self, Sample};
+use crate::dataset::Sample;
 use crate::head::Head;
 use crate::metrics::{self, Evaluation};
 use crate::novelty::{Novelty, UnknownReport};
@@ -105,7 +105,15 @@ pub fn assess(head: &Head, test: &Embedded, unknown: Option<(&Path, &Embedded)>)
     let (known_novelty, unknown_novelty, unknown_report) = match &head.novelty {
         Some(n) => {
             let known = n.scores(&plain_rows(test));
-            eval.rejected_rate = Some(crate::novelty::rate_above(&known, n.threshold));
+            // The serve and predict rule, without a confidence threshold (evaluate has none).
+            let rejected = predictions
+                .iter()
+                .zip(&known)
+                .filter(|&(&(_, conf), &score)| {
+                    classifier::is_rejected(conf, n.is_unknown(score), NO_THRESHOLD)
+                })
+                .count();
+            eval.rejected_rate = Some(rejected as f64 / known.len().max(1) as f64);
             let (unknown_scores, report) = match unknown {
                 Some((dir, u)) => {
                     let s = n.scores(&plain_rows(u));
@@ -125,24 +133,6 @@ pub fn assess(head: &Head, test: &Embedded, unknown: Option<(&Path, &Embedded)>)
         known_novelty,
         unknown_novelty,
     }
-}
-
-/// Every image under `dir`, at any depth, in path order.
-pub fn images_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let p = entry?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if dataset::is_image_path(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The Markdown of an assessment's calibration, rejection and unknown sections.

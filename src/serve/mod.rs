@@ -54,9 +54,7 @@ mod wire;
 
 pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
-pub use service::{
-    FrameResult, HeadHealth, Health, ImagePrediction, ServeOptions, Service, UNKNOWN_LABEL,
-};
+pub use service::{FrameResult, HeadHealth, Health, ImagePrediction, ServeOptions, Service};
 pub use slot::{Captured, FrameSlot};
 
 /// How often blocked threads look at the stop flag; bounds the shutdown time.

@@ -15,15 +15,11 @@ use serde::{Deserialize, Serialize};
 use super::prometheus::{self, Stats};
 use super::slot::{lock, Captured, FrameSlot};
 use crate::backbone::Backbone;
-use crate::classifier::classify;
+use crate::classifier::{classify, UNKNOWN_LABEL};
 use crate::head::HeadFile;
 use crate::loader;
 use crate::source::{decode_frame, CameraSettings, SourceSpec};
 use crate::views::Views;
-
-/// The label reported when the most probable class is below the confidence threshold, or the
-/// image's novelty is above the head's threshold.
-pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// `x` rounded to `digits` decimals: every number the service reports goes through this, so
 /// results stay short and the same value always prints the same way.
@@ -246,11 +242,7 @@ impl Service {
     pub fn predict(&self, img: &RgbImage) -> anyhow::Result<ImagePrediction> {
         let head = self.head();
         let p = classify(&self.backbone, &head.head, img, self.views)?;
-        let label = if p.confidence < self.threshold || p.novel {
-            UNKNOWN_LABEL.to_string()
-        } else {
-            p.label.clone()
-        };
+        let label = p.reported_label(self.threshold).to_string();
         let probs = p.probs_by_class(&head.head.classes, |v| round(f64::from(v), 6));
         Ok(ImagePrediction {
             confidence: round(p.confidence as f64, 6),

@@ -1,42 +1,13 @@
-//! Still images as a frame source: a folder (recursive, sorted) or one image, replayed in a loop.
-//! Frames are the files' bytes as-is, so they take the same decode path as camera JPEGs.
+//! Still images as a frame source: a folder (recursive, sorted, the images [`crate::discover`]
+//! finds, as training does) or one image, replayed in a loop. Frames are the files' bytes as-is,
+//! so they take the same decode path as camera JPEGs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::frame::{open_error, FramePixels, FrameSource, RawFrame, SourceError};
+use crate::discover::{self, IMAGE_EXTENSIONS};
 use crate::preprocess::io_reason;
-
-/// File extensions the folder source picks up (case-insensitive).
-const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "jfif"];
-
-fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-/// Image files under `dir` (recursively), in sorted path order, skipping hidden entries.
-fn list_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else if is_image_file(&path) {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
-}
 
 /// A folder of images (sorted, recursive) or a single image, replayed in a loop.
 pub struct FileSource {
@@ -50,7 +21,7 @@ impl FileSource {
     pub fn open(path: &Path, looping: bool) -> Result<FileSource, SourceError> {
         let meta = std::fs::metadata(path).map_err(|e| open_error(path, io_reason(&e)))?;
         let files = if meta.is_dir() {
-            list_images(path).map_err(|e| open_error(path, io_reason(&e)))?
+            discover::images_under(path).map_err(|e| open_error(path, io_reason(&e.error)))?
         } else {
             vec![path.to_path_buf()]
         };
