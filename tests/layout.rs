@@ -1,7 +1,8 @@
 //! The crate's layout rules, read from the sources (their `crate::`, `super::` and child-module
 //! paths): the library's modules form layers with no import cycle, between modules or between
 //! the files of a folder module; clap stays in the command line; files stay readable in size;
-//! `lib.rs` documents every module. Run with the other tests (`cargo test --test layout`).
+//! `lib.rs` documents every module; there is one softmax and one argmax. Run with the other tests
+//! (`cargo test --test layout`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "novelty",
         "confidence",
         "plots",
+        "numeric",
     ],
     &["classifier", "features", "backbone", "source"],
     &["loader"],
@@ -32,6 +34,12 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 const MAX_LINES: usize = 700;
+
+/// The file that holds the one softmax and the one argmax.
+const NUMERIC: &str = "src/numeric.rs";
+/// Files that call `exp` outside [`NUMERIC`] for something that is not a softmax, with how many
+/// times: the temperature search steps in log t.
+const EXP_ELSEWHERE: &[(&str, usize)] = &[("src/confidence.rs", 2)];
 const MAX_MAIN_LINES: usize = 250;
 
 fn src() -> PathBuf {
@@ -394,4 +402,47 @@ fn lib_rs_documents_every_module() {
     );
     let unlayered: Vec<&String> = modules.iter().filter(|m| layer_of(m).is_none()).collect();
     assert!(unlayered.is_empty(), "modules with no layer: {unlayered:?}");
+}
+
+/// The names of the functions `code` defines.
+fn fn_names(code: &str) -> Vec<String> {
+    paths_after(code, "fn ")
+        .into_iter()
+        .map(|segments| segments[0].clone())
+        .collect()
+}
+
+#[test]
+fn one_softmax_and_one_argmax() {
+    let files = read_sources();
+    let numeric = files.iter().find(|f| f.rel == NUMERIC).unwrap();
+    // The check must see the functions it protects, or it would pass anything.
+    let own = fn_names(&numeric.code);
+    assert!(own.contains(&"softmax".to_string()) && own.contains(&"argmax".to_string()));
+    let mut wrong = Vec::new();
+    for f in files.iter().filter(|f| f.rel != NUMERIC) {
+        for name in fn_names(&f.code) {
+            if name.contains("softmax") || name.contains("argmax") {
+                wrong.push(format!("{}: fn {name} (use numeric's)", f.rel));
+            }
+        }
+        // A softmax needs an exponential, however its function is named.
+        let exps = f.code.matches(".exp()").count() + f.code.matches("::exp(").count();
+        let allowed = EXP_ELSEWHERE
+            .iter()
+            .find(|(rel, _)| *rel == f.rel)
+            .map_or(0, |(_, n)| *n);
+        if exps != allowed {
+            wrong.push(format!(
+                "{}: {exps} exp call(s), {allowed} expected (a softmax belongs in {NUMERIC}; \
+                 an exp that is not one goes in EXP_ELSEWHERE, with why)",
+                f.rel
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a second softmax or argmax:\n{}",
+        wrong.join("\n")
+    );
 }
