@@ -115,14 +115,10 @@ impl std::fmt::Debug for Backbone {
 }
 
 impl Backbone {
-    /// Loads and optimises the model for batch-1 frames. `with_scores` keeps the classifier
-    /// layers; without it the graph is cut at the pooled features and the rest is dropped.
-    pub fn load(model: &ResolvedModel, with_scores: bool) -> Result<Backbone, BackboneError> {
-        Self::load_with_precision(model, with_scores, Precision::F32)
-    }
-
-    /// As [`Backbone::load`], choosing the arithmetic for TFLite files (ignored for ONNX files,
-    /// whose precision is fixed by the file).
+    /// Loads and optimises the model for batch-1 frames, in `precision` for TFLite files (ignored
+    /// for ONNX files, whose precision is fixed by the file). There is no default precision here:
+    /// `loader` owns that choice. `with_scores` keeps the classifier layers; without it the graph
+    /// is cut at the pooled features and the rest is dropped.
     pub fn load_with_precision(
         model: &ResolvedModel,
         with_scores: bool,
