@@ -19,6 +19,7 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceMod
 #[cfg(feature = "onnx")]
 use crate::models::Layout;
 use crate::models::{InputDtype, ModelFormat, ModelSpec, Precision, ResolvedModel, ScoresKind};
+use crate::numeric;
 use crate::tflite;
 use crate::{calibration, preprocess};
 
@@ -114,14 +115,10 @@ impl std::fmt::Debug for Backbone {
 }
 
 impl Backbone {
-    /// Loads and optimises the model for batch-1 frames. `with_scores` keeps the classifier
-    /// layers; without it the graph is cut at the pooled features and the rest is dropped.
-    pub fn load(model: &ResolvedModel, with_scores: bool) -> Result<Backbone, BackboneError> {
-        Self::load_with_precision(model, with_scores, Precision::F32)
-    }
-
-    /// As [`Backbone::load`], choosing the arithmetic for TFLite files (ignored for ONNX files,
-    /// whose precision is fixed by the file).
+    /// Loads and optimises the model for batch-1 frames, in `precision` for TFLite files (ignored
+    /// for ONNX files, whose precision is fixed by the file). There is no default precision here:
+    /// `loader` owns that choice. `with_scores` keeps the classifier layers; without it the graph
+    /// is cut at the pooled features and the rest is dropped.
     pub fn load_with_precision(
         model: &ResolvedModel,
         with_scores: bool,
@@ -268,7 +265,11 @@ impl Backbone {
             let raw = f32_values(&outputs[1])?;
             Some(match self.spec.scores_kind {
                 ScoresKind::Probabilities => raw,
-                ScoresKind::Logits => softmax(&raw),
+                ScoresKind::Logits => {
+                    let mut p = raw;
+                    numeric::softmax(&mut p, 1.0);
+                    p
+                }
             })
         } else {
             None
@@ -470,13 +471,6 @@ fn read_labels(path: &Path, classes: usize) -> Result<Vec<String>, BackboneError
     Ok(labels)
 }
 
-pub fn softmax(x: &[f32]) -> Vec<f32> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
-}
-
 /// Indices and values of the `k` largest entries, largest first (ties: lower index first).
 pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
@@ -501,11 +495,5 @@ mod tests {
             top_k(&[0.1, 0.5, 0.5, 0.2], 3),
             vec![(1, 0.5), (2, 0.5), (3, 0.2)]
         );
-    }
-
-    #[test]
-    fn softmax_sums_to_one() {
-        let p = softmax(&[1000.0, 1000.0, 0.0]);
-        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
     }
 }

@@ -9,7 +9,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::backbone::{Backbone, BackboneError, EMBEDDING_DIM};
-use crate::head::{argmax, BackboneRef, Head};
+use crate::head::{BackboneRef, Head};
+use crate::numeric::argmax;
 use crate::preprocess::{self, PREPROCESS_ACCEPTED, PREPROCESS_VERSION};
 use crate::views::{self, Views};
 

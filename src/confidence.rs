@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::numeric::{argmax, softmax};
+
 /// Bins of the expected calibration error and the reliability diagram.
 pub const ECE_BINS: usize = 15;
 
@@ -12,11 +14,10 @@ pub fn probs(logits: &[Vec<f32>], t: f32) -> Vec<f32> {
     let c = logits.first().map_or(0, Vec::len);
     let mut avg = vec![0f32; c];
     for l in logits {
-        let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let e: Vec<f32> = l.iter().map(|&v| ((v - max) / t).exp()).collect();
-        let sum: f32 = e.iter().sum();
-        for (a, v) in avg.iter_mut().zip(e) {
-            *a += v / sum / logits.len() as f32;
+        let mut p = l.clone();
+        softmax(&mut p, t);
+        for (a, v) in avg.iter_mut().zip(p) {
+            *a += v / logits.len() as f32;
         }
     }
     avg
@@ -189,7 +190,7 @@ impl CalibrationReport {
                 .zip(y)
                 .map(|(l, &y)| {
                     let p = probs(l, t);
-                    let top = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+                    let top = argmax(&p);
                     (p[top], top == y)
                 })
                 .collect()

@@ -10,18 +10,19 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ndarray::Array2;
 use serde::Serialize;
 
 use crate::augment::AugmentParams;
-use crate::backbone::{Backbone, EMBEDDING_DIM};
+use crate::backbone::Backbone;
 use crate::classifier::{backbone_ref, is_reserved_class, UNKNOWN_LABEL};
 use crate::confidence::{CalibrationReport, TemperatureChoice};
 use crate::dataset::{Dataset, Sample, SplitFractions};
 use crate::discover;
 use crate::features::{self, Cache, EmbedStats, ViewSpec};
 use crate::fsutil;
-use crate::head::{EpochStats, Head, TrainConfig, TrainSummary, HEAD_FILE};
+use crate::head::{
+    EpochStats, Example, Head, Recipe, TrainConfig, TrainSummary, Trained, HEAD_FILE,
+};
 use crate::metrics::Evaluation;
 use crate::novelty::UnknownReport;
 use crate::views::Views;
@@ -237,13 +238,15 @@ impl Embedder<'_> {
     }
 }
 
-fn matrix(rows: &[&Vec<f32>]) -> Array2<f32> {
-    let mut x = Array2::zeros((rows.len(), EMBEDDING_DIM));
-    for (i, r) in rows.iter().enumerate() {
-        x.row_mut(i)
-            .assign(&ndarray::ArrayView1::from(r.as_slice()));
-    }
-    x
+/// What training reads of an embedded split: each image's class and views.
+fn examples(split: &[(Sample, Vec<Vec<f32>>)]) -> Vec<Example<'_>> {
+    split
+        .iter()
+        .map(|(s, views)| Example {
+            label: s.label,
+            views,
+        })
+        .collect()
 }
 
 pub fn finetune(
@@ -322,40 +325,32 @@ pub fn finetune(
         progress.stage("no validation images: early stopping watches the training loss instead");
     }
 
-    let (x_train, y_train) = {
-        let mut rows = Vec::new();
-        let mut y = Vec::new();
-        for (s, views) in &train {
-            for v in views {
-                rows.push(v);
-                y.push(s.label);
-            }
-        }
-        (matrix(&rows), y)
-    };
-    let x_val = matrix(&val.iter().map(|(_, v)| &v[0]).collect::<Vec<_>>());
-    let y_val: Vec<usize> = val.iter().map(|(s, _)| s.label).collect();
-
+    let train_embeddings: usize = train.iter().map(|(_, views)| views.len()).sum();
     let t_train = Instant::now();
     progress.stage(&format!(
         "training the head on {} embeddings ({} images × {} views)",
-        y_train.len(),
+        train_embeddings,
         train.len(),
         train_views.count()
     ));
-    let (mut head, summary) = Head::train(
+    let recipe = Recipe {
+        config: opts.train.clone(),
+        views: opts.views,
+        keep_rate: opts.keep_rate,
+    };
+    let Trained {
+        head,
+        summary,
+        temperature,
+    } = Head::train(
         backbone_ref(backbone),
         classes.clone(),
-        x_train.view(),
-        &y_train,
-        x_val.view(),
-        &y_val,
-        &opts.train,
+        &examples(&train),
+        &examples(&val),
+        &recipe,
         cancel,
         |e| progress.epoch(e),
     )?;
-    head.views = opts.views;
-    let temperature = assess::calibrate_head(&mut head, &train, &val, opts.keep_rate);
     let train_s = t_train.elapsed().as_secs_f64();
 
     let t_eval = Instant::now();
@@ -380,7 +375,7 @@ pub fn finetune(
             train: class_counts(&classes, &samples(&train)),
             val: class_counts(&classes, &samples(&val)),
             test: class_counts(&classes, &samples(&test)),
-            train_views: y_train.len(),
+            train_views: train_embeddings,
             unreadable: unreadable.len(),
             ignored_files: ds.ignored_files.len(),
         },

@@ -31,7 +31,9 @@
 //!   feature) and the decode every frame goes through.
 //!
 //! Foundations:
-//! - [`head`]: embedding → label: the softmax head, its training and its file.
+//! - [`head`]: embedding → label: the softmax head (its dense layer as `ndarray` arrays), its
+//!   file (every version still reads) and its training, which returns a complete head.
+//! - [`numeric`]: the one softmax and the one argmax every probability goes through.
 //! - [`dataset`]: a labelled folder and its deterministic splits.
 //! - [`discover`]: which files are images and how folders are walked (hidden entries skipped,
 //!   links followed), for every reader of image folders.
@@ -69,6 +71,7 @@ pub mod loader;
 pub mod metrics;
 pub mod models;
 pub mod novelty;
+pub mod numeric;
 #[cfg(feature = "plots")]
 pub mod plots;
 pub mod preprocess;

@@ -439,7 +439,7 @@ fn serve_reloading_while_heads_are_replaced_never_sees_a_partial_head() {
     let (root, out, _cache) = copy_of(t, "serve");
     let head = Head::read(&out).unwrap().head;
     let mut other = head.clone();
-    other.bias[0] += 1.0;
+    other.dense.bias[0] += 1.0;
     let sets: Vec<Vec<(&str, Vec<u8>)>> = [&head, &other]
         .iter()
         .map(|h| {

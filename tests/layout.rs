@@ -2,7 +2,8 @@
 //! paths): the library's modules form layers with no import cycle, between modules or between
 //! the files of a folder module; clap stays in the command line; files stay readable in size;
 //! `lib.rs` documents every module; the image extensions and the `unknown` label each have one
-//! home. Run with the other tests (`cargo test --test layout`).
+//! home, and there is one softmax and one argmax. Run with the other tests
+//! (`cargo test --test layout`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "novelty",
         "confidence",
         "plots",
+        "numeric",
     ],
     &["classifier", "features", "backbone", "source"],
     &["loader"],
@@ -35,6 +37,12 @@ const LAYERS: &[&[&str]] = &[
 
 const MAX_LINES: usize = 700;
 const MAX_MAIN_LINES: usize = 250;
+
+/// The file that holds the one softmax and the one argmax.
+const NUMERIC: &str = "src/numeric.rs";
+/// Files that call `exp` outside [`NUMERIC`] for something that is not a softmax, with how many
+/// times: the temperature search steps in log t.
+const EXP_ELSEWHERE: &[(&str, usize)] = &[("src/confidence.rs", 2)];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -444,5 +452,48 @@ fn the_unknown_label_is_defined_only_in_classifier() {
     assert!(
         offenders.is_empty(),
         "the unknown label defined outside src/classifier.rs (use classifier::UNKNOWN_LABEL): {offenders:?}"
+    );
+}
+
+/// The names of the functions `code` defines.
+fn fn_names(code: &str) -> Vec<String> {
+    paths_after(code, "fn ")
+        .into_iter()
+        .map(|segments| segments[0].clone())
+        .collect()
+}
+
+#[test]
+fn one_softmax_and_one_argmax() {
+    let files = read_sources();
+    let numeric = files.iter().find(|f| f.rel == NUMERIC).unwrap();
+    // The check must see the functions it protects, or it would pass anything.
+    let own = fn_names(&numeric.code);
+    assert!(own.contains(&"softmax".to_string()) && own.contains(&"argmax".to_string()));
+    let mut wrong = Vec::new();
+    for f in files.iter().filter(|f| f.rel != NUMERIC) {
+        for name in fn_names(&f.code) {
+            if name.contains("softmax") || name.contains("argmax") {
+                wrong.push(format!("{}: fn {name} (use numeric's)", f.rel));
+            }
+        }
+        // A softmax needs an exponential, however its function is named.
+        let exps = f.code.matches(".exp()").count() + f.code.matches("::exp(").count();
+        let allowed = EXP_ELSEWHERE
+            .iter()
+            .find(|(rel, _)| *rel == f.rel)
+            .map_or(0, |(_, n)| *n);
+        if exps != allowed {
+            wrong.push(format!(
+                "{}: {exps} exp call(s), {allowed} expected (a softmax belongs in {NUMERIC}; \
+                 an exp that is not one goes in EXP_ELSEWHERE, with why)",
+                f.rel
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a second softmax or argmax:\n{}",
+        wrong.join("\n")
     );
 }

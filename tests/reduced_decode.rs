@@ -144,7 +144,7 @@ fn reduction_costs_no_more_than_another_decoder() {
 #[test]
 fn heads_of_the_previous_preprocessing_still_run() {
     use edge_mnv2::classifier::{backbone_ref, check_compatible};
-    use edge_mnv2::head::{Head, TrainConfig};
+    use edge_mnv2::head::{Dense, Head, TrainConfig};
     let b = backbone();
     let head = |preprocessing: &str| {
         let mut backbone = backbone_ref(&b);
@@ -153,10 +153,7 @@ fn heads_of_the_previous_preprocessing_still_run() {
         Head {
             backbone,
             classes: vec!["a".into(), "b".into()],
-            mean: vec![0.0; d],
-            std: vec![1.0; d],
-            weights: vec![0.0; 2 * d],
-            bias: vec![0.0; 2],
+            dense: Dense::untrained(d, 2),
             config: TrainConfig::default(),
             temperature: 1.0,
             views: Default::default(),

@@ -1,7 +1,5 @@
-//! After training: what makes a head honest about itself — the temperature and the novelty
-//! threshold, both chosen on the validation split — and the held-out assessment `finetune` and
-//! `evaluate` share: closed-set metrics, calibration before and after, known images rejected, and
-//! known against unknown images.
+//! After training: the held-out assessment `finetune` and `evaluate` share — closed-set metrics,
+//! calibration before and after, known images rejected, and known against unknown images.
 
 use std::path::Path;
 
@@ -9,11 +7,11 @@ use serde::Serialize;
 
 use crate::backbone::EMBEDDING_DIM;
 use crate::classifier::{self, Prediction, NO_THRESHOLD};
-use crate::confidence::{self, CalibrationReport, TemperatureChoice};
-use crate::dataset::Sample;
+use crate::confidence::{self, CalibrationReport};
+use crate::dataset::{self, Sample};
 use crate::head::Head;
 use crate::metrics::{self, Evaluation};
-use crate::novelty::{Novelty, UnknownReport};
+use crate::novelty::UnknownReport;
 
 /// Samples with every view's embedding (view 0 the plain image).
 pub type Embedded = [(Sample, Vec<Vec<f32>>)];
@@ -24,31 +22,6 @@ fn plain_rows(embedded: &Embedded) -> ndarray::Array2<f32> {
         x.row_mut(i).assign(&ndarray::ArrayView1::from(&v[0][..]));
     }
     x
-}
-
-/// Chooses the temperature on `val` (all views, as prediction averages them) and fits the novelty
-/// model on the plain training images, its threshold keeping `keep_rate` of the validation images.
-pub fn calibrate_head(
-    head: &mut Head,
-    train: &Embedded,
-    val: &Embedded,
-    keep_rate: f32,
-) -> TemperatureChoice {
-    let logits: Vec<Vec<Vec<f32>>> = val.iter().map(|(_, v)| head.view_logits(v)).collect();
-    let y: Vec<usize> = val.iter().map(|(s, _)| s.label).collect();
-    let choice = confidence::choose_temperature(&logits, &y);
-    head.temperature = choice.temperature;
-    let labels: Vec<usize> = train.iter().map(|(s, _)| s.label).collect();
-    let mut novelty = Novelty::fit(
-        &plain_rows(train),
-        &labels,
-        head.classes.len(),
-        head.config.seed,
-    );
-    let known = novelty.scores(&plain_rows(val));
-    novelty.set_threshold(&known, keep_rate);
-    head.novelty = Some(novelty);
-    choice
 }
 
 /// What the head's novelty model is, for the report.

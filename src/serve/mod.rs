@@ -401,10 +401,7 @@ mod tests {
         let head = crate::head::Head {
             backbone: crate::classifier::backbone_ref(&backbone),
             classes: vec!["a".into(), "b".into()],
-            mean: vec![0.0; crate::backbone::EMBEDDING_DIM],
-            std: vec![1.0; crate::backbone::EMBEDDING_DIM],
-            weights: vec![0.0; crate::backbone::EMBEDDING_DIM * 2],
-            bias: vec![0.0; 2],
+            dense: crate::head::Dense::untrained(crate::backbone::EMBEDDING_DIM, 2),
             config: Default::default(),
             temperature: 1.0,
             views: Default::default(),
