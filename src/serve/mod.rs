@@ -6,7 +6,7 @@
 //! - `backoff`: the waits before reopening a source or reconnecting to the broker.
 //! - `service`: [`Service`] (head, classification, health) and its typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
-//! - `config`: the TOML config file ([`ServeConfig`]).
+//! - [`config`]: the TOML config file, as the flags its keys stand for.
 //! - `auth`: the board's token (HTTP bearer credential and HMAC key of rollout commands) and the
 //!   rule that a service reachable beyond loopback has one.
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
@@ -38,7 +38,7 @@ use backoff::Backoff;
 
 pub mod auth;
 mod backoff;
-mod config;
+pub mod config;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "mqtt")]
@@ -52,7 +52,6 @@ pub mod topics;
 #[cfg(feature = "http")]
 mod wire;
 
-pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
 pub use service::{
     FrameResult, HeadHealth, Health, ImagePrediction, ServeOptions, Service, UNKNOWN_LABEL,
