@@ -11,14 +11,15 @@
 //!   rule that a service reachable beyond loopback has one.
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
 //!   threads and the endpoints.
-//! - `wire`: HTTP/1.1 on one connection (feature `http`): parsing, deadlines, limits, answers.
+//! - `wire`: HTTP/1.1 on one connection (feature `http`): deadlines, limits, admission; `request`
+//!   reads and routes a request, `reply` writes the answer.
 //! - `rollout`: head installs from bytes, rollbacks, and the signed commands that ask for them.
 //! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
 //! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
 //! - `push`: `push-head`'s side: signed commands per board over a transport (MQTT, or HTTP).
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `wire` → `auth`, `rollout`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
+//! `wire` → `request`, `reply`, `auth`, `rollout`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
 //! `prometheus`, `auth`; `mod.rs`, `mqtt` → `backoff`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
@@ -45,6 +46,10 @@ pub mod http;
 pub mod mqtt;
 mod prometheus;
 pub mod push;
+#[cfg(feature = "http")]
+mod reply;
+#[cfg(feature = "http")]
+mod request;
 pub mod rollout;
 mod service;
 mod slot;
