@@ -29,6 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["loader"],
     &["finetune", "calibrate", "capture"],
     &["serve"],
+    &["push"],
 ];
 
 const MAX_LINES: usize = 700;

@@ -30,9 +30,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{check_exposure, Token};
+use super::commands::RolloutAnswer;
 use super::reply::{write_reply, Reply};
 use super::request::{Endpoint, Request, Transport};
-use super::rollout::{HeadChange, HeadSource, RolloutAnswer, RolloutError};
+use super::rollout::{HeadChange, HeadSource, RolloutError};
 use super::service::{round, ImagePrediction, Service};
 use super::wire::{self, Api, Ending};
 use crate::preprocess;
