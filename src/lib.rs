@@ -8,11 +8,15 @@
 //! The modules, in layers: a module imports only from layers below its own (or beside it, without
 //! a cycle). `tests/layout.rs` checks this on every test run.
 //!
+//! Clients:
+//! - [`push`]: `push-head`, the client of head rollouts: signed commands to many boards over
+//!   their MQTT broker or each one's HTTP API.
+//!
 //! The service:
 //! - [`serve`]: the classification service: frame slot, capture and inference loops, typed
 //!   results, Prometheus text, the config file, the API token, the HTTP API (feature `http`), MQTT
 //!   publishing and Home Assistant discovery (feature `mqtt`), and head rollout (install, rollback,
-//!   signed commands, `push-head`'s sending side).
+//!   the signed commands and answers both sides use).
 //!
 //! Jobs:
 //! - [`finetune`]: the `finetune` / `evaluate` jobs and their reports.
@@ -75,6 +79,7 @@ pub mod numeric;
 #[cfg(feature = "plots")]
 pub mod plots;
 pub mod preprocess;
+pub mod push;
 pub mod serve;
 pub mod source;
 pub mod tflite;

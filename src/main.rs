@@ -2,6 +2,7 @@
 //! module under `cli`, and turns the outcome into the exit code.
 //! Exit codes: 0 success, 1 any error (a one-line message on stderr), 2 never used.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -10,7 +11,7 @@ use clap::Parser;
 mod cli;
 
 use cli::args::{Cli, Command};
-use cli::{calibrate, errors, images, models, push, serve, train};
+use cli::{calibrate, config, errors, images, models, push, serve, train};
 
 /// glibc grows its mmap threshold as large blocks are freed, after which every worker's
 /// multi-megabyte activation and image buffers stay in its heap arena: peak RSS was 155 MB
@@ -25,7 +26,8 @@ fn limit_heap_growth() {
 
 fn main() -> ExitCode {
     limit_heap_growth();
-    let cli = match Cli::try_parse() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.command);
-    errors::exit_code(run(cli.command))
+    errors::exit_code(config::with_config_file(cli.command, &argv).and_then(run))
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -33,6 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["loader"],
     &["finetune", "calibrate", "capture"],
     &["serve"],
+    &["push"],
 ];
 
 const MAX_LINES: usize = 700;

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use common::mqtt::*;
 use common::*;
-use edge_mnv2::serve::mqtt::MqttTransport;
-use edge_mnv2::serve::push::{self, HeadTransport, Payload};
-use edge_mnv2::serve::rollout::Token;
+use edge_mnv2::push::mqtt::MqttTransport;
+use edge_mnv2::push::{self, HeadTransport, Payload};
+use edge_mnv2::serve::auth::Token;
 use edge_mnv2::serve::topics::BrokerUrl;
 use serde_json::Value;
 

@@ -337,7 +337,8 @@ pub struct SourceArgs {
     /// instead of as fast as inference takes them [camera default: 15]
     #[arg(long)]
     pub fps: Option<f64>,
-    /// TOML file with any of these options' long names as keys
+    /// TOML file with `serve`'s long flag names as keys (`mqtt_username` for --mqtt-username);
+    /// a flag given here wins over the same key in the file
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -378,6 +379,27 @@ pub struct ServeArgs {
     /// Publish results to an MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
+    /// Broker user name
+    #[arg(long, value_name = "USER")]
+    pub mqtt_username: Option<String>,
+    /// A file holding the broker password (kept out of the command line and the config file)
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// PEM CA certificates for mqtts:// [default: the compiled-in Mozilla roots]
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Topic prefix: topics are <PREFIX>/<board>/... [default: edge-mnv2]
+    #[arg(long, value_name = "PREFIX")]
+    pub mqtt_prefix: Option<String>,
+    /// Publish `every` result, or only label `changes` plus a heartbeat [default: every]
+    #[arg(long, value_name = "every|changes")]
+    pub mqtt_publish: Option<String>,
+    /// Seconds between heartbeats with --mqtt-publish changes [default: 60]
+    #[arg(long, value_name = "S")]
+    pub mqtt_heartbeat_s: Option<f64>,
+    /// Publish Home Assistant discovery configs [default: true]
+    #[arg(long, value_name = "true|false")]
+    pub mqtt_discovery: Option<bool>,
     /// This board's name in MQTT topics and Home Assistant [default: the host name]
     #[arg(long, value_name = "NAME")]
     pub board: Option<String>,

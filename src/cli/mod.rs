@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod calibrate;
+pub mod config;
 pub mod errors;
 pub mod images;
 pub mod models;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use edge_mnv2::push::{self, HeadTransport, HttpTransport, Payload};
 use edge_mnv2::serve::auth::Token;
-use edge_mnv2::serve::push::{self, HeadTransport, HttpTransport, Payload};
 use edge_mnv2::serve::topics::{check_board, BrokerUrl};
 
 use super::args::PushHeadArgs;
@@ -87,7 +87,7 @@ fn mqtt_transport(
     password: Option<&str>,
 ) -> Result<Box<dyn HeadTransport>> {
     let broker = BrokerUrl::parse(broker)?;
-    Ok(Box::new(edge_mnv2::serve::mqtt::MqttTransport::connect(
+    Ok(Box::new(edge_mnv2::push::mqtt::MqttTransport::connect(
         &broker,
         args.username.as_deref(),
         password,

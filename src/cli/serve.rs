@@ -1,4 +1,5 @@
-//! `serve` and `capture`: the flags laid over the config file, then the service or the capture.
+//! `serve` and `capture`: their flags (with the config file's keys, `super::config`) checked and
+//! turned into the library's settings, then the service or the capture.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use anyhow::{Context, Result};
 
 use edge_mnv2::serve::auth::{self, Token};
 use edge_mnv2::serve::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics};
-use edge_mnv2::serve::{self, ServeConfig, ServeOptions};
+use edge_mnv2::serve::{self, ServeOptions};
 use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::{capture, loader};
 
@@ -19,30 +20,15 @@ const DEFAULT_SOURCE: &str = "/dev/video0";
 /// Loopback only unless told otherwise: beyond it the API needs a token (`serve::auth`).
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// The config file (if any) with the flags laid over it.
-fn config(source: &SourceArgs, flags: ServeConfig) -> Result<ServeConfig> {
-    let flags = ServeConfig {
-        source: source.source.clone(),
-        fps: source.fps,
-        width: source.width,
-        height: source.height,
-        ..flags
-    };
-    Ok(match &source.config {
-        Some(path) => ServeConfig::load(path)?.overridden_by(flags),
-        None => flags,
-    })
-}
-
-fn camera_settings(cfg: &ServeConfig) -> Result<CameraSettings> {
+fn camera_settings(source: &SourceArgs) -> Result<CameraSettings> {
     let default = CameraSettings::default();
-    let fps = cfg.fps.unwrap_or(default.fps as f64);
+    let fps = source.fps.unwrap_or(default.fps as f64);
     if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
         anyhow::bail!("--fps {fps}: must be a number of frames per second in (0, 1000]");
     }
     let settings = CameraSettings {
-        width: cfg.width.unwrap_or(default.width),
-        height: cfg.height.unwrap_or(default.height),
+        width: source.width.unwrap_or(default.width),
+        height: source.height.unwrap_or(default.height),
         fps: fps.round().max(1.0) as u32,
     };
     for (name, v) in [("--width", settings.width), ("--height", settings.height)] {
@@ -53,64 +39,45 @@ fn camera_settings(cfg: &ServeConfig) -> Result<CameraSettings> {
     Ok(settings)
 }
 
+/// `args` (the config file already laid under them, `super::config`) checked and turned into
+/// the library's settings, then the service until it stops.
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let flags = ServeConfig {
-        head: args.head,
-        model: args.model.model,
-        precision: args.model.precision,
-        listen: args.listen,
-        threshold: args.threshold,
-        views: args.views,
-        frames: args.frames,
-        no_http: args.no_http.then_some(true),
-        token_file: args.token_file,
-        insecure_no_token: args.insecure_no_token.then_some(true),
-        mqtt: args.mqtt,
-        board: args.board,
-        ..ServeConfig::default()
-    };
-    let cfg = config(&args.source, flags)?;
-    let camera = camera_settings(&cfg)?;
-    let threshold = cfg.threshold.unwrap_or(0.0);
+    let camera = camera_settings(&args.source)?;
+    let threshold = args.threshold.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&threshold) {
         anyhow::bail!("--threshold {threshold}: must be between 0 and 1");
     }
-    let head = cfg
+    let head = args
         .head
         .clone()
         .context("no head: give --head DIR (or `head` in the config file)")?;
-    let listen = if cfg.no_http == Some(true) {
+    let listen = if args.no_http {
         None
     } else {
-        Some(cfg.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into()))
+        Some(args.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into()))
     };
     // Read once: the HTTP bearer token and the MQTT commands' HMAC key are the same secret.
-    let token = cfg.token_file.as_deref().map(Token::load).transpose()?;
-    let insecure_no_token = cfg.insecure_no_token == Some(true);
+    let token = args.token_file.as_deref().map(Token::load).transpose()?;
     if let Some(listen) = &listen {
         // Before the model loads: a refused start-up should not take seconds.
-        auth::check_listen(listen, token.as_ref(), insecure_no_token)?;
+        auth::check_listen(listen, token.as_ref(), args.insecure_no_token)?;
     }
-    let mqtt = mqtt_settings(&cfg, token.clone())?;
+    let mqtt = mqtt_settings(&args, token.clone())?;
     let opts = ServeOptions {
-        source: SourceSpec::parse(cfg.source.as_deref().unwrap_or(DEFAULT_SOURCE)),
+        source: SourceSpec::parse(args.source.source.as_deref().unwrap_or(DEFAULT_SOURCE)),
         camera,
-        fps: cfg.fps,
+        fps: args.source.fps,
         threshold,
-        views: cfg.views,
-        max_frames: cfg.frames,
+        views: args.views,
+        max_frames: args.frames,
         listen,
         token,
-        insecure_no_token,
+        insecure_no_token: args.insecure_no_token,
         mqtt,
         head,
     };
     // The backbone the head was trained on, as `predict` loads it; reloads replace only the head.
-    let choice = loader::BackboneChoice {
-        model: cfg.model.clone(),
-        precision: cfg.precision,
-    };
-    let (head, backbone) = loader::head_and_backbone(&opts.head, &choice)?;
+    let (head, backbone) = loader::head_and_backbone(&opts.head, &args.model.choice())?;
     serve::run(backbone, head, &opts)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -122,18 +89,18 @@ pub fn read_secret(path: &std::path::Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-/// The MQTT settings when `mqtt` is given, checked (URL, board name, files) before starting;
-/// `token` is the one `token_file` holds.
-fn mqtt_settings(cfg: &ServeConfig, token: Option<Token>) -> Result<Option<MqttSettings>> {
-    let Some(url) = &cfg.mqtt else {
+/// The MQTT settings when `--mqtt` is given, checked (URL, board name, files) before starting;
+/// `token` is the one `--token-file` holds.
+fn mqtt_settings(args: &ServeArgs, token: Option<Token>) -> Result<Option<MqttSettings>> {
+    let Some(url) = &args.mqtt else {
         return Ok(None);
     };
     let broker = BrokerUrl::parse(url)?;
-    let board = match &cfg.board {
+    let board = match &args.board {
         Some(b) => topics::check_board(b)?,
         None => topics::board_from_hostname(),
     };
-    let heartbeat = cfg
+    let heartbeat = args
         .mqtt_heartbeat_s
         .map(|s| {
             if s.is_finite() && s > 0.0 {
@@ -144,40 +111,39 @@ fn mqtt_settings(cfg: &ServeConfig, token: Option<Token>) -> Result<Option<MqttS
         })
         .transpose()?
         .unwrap_or(topics::DEFAULT_HEARTBEAT);
-    let publish = PublishMode::parse(cfg.mqtt_publish.as_deref().unwrap_or("every"), heartbeat)?;
-    let password = cfg
+    let publish = PublishMode::parse(args.mqtt_publish.as_deref().unwrap_or("every"), heartbeat)?;
+    let password = args
         .mqtt_password_file
         .as_deref()
         .map(read_secret)
         .transpose()?;
     Ok(Some(MqttSettings {
         broker,
-        username: cfg.mqtt_username.clone(),
+        username: args.mqtt_username.clone(),
         password,
-        ca_file: cfg.mqtt_ca_file.clone(),
+        ca_file: args.mqtt_ca_file.clone(),
         topics: Topics {
-            prefix: cfg
+            prefix: args
                 .mqtt_prefix
                 .clone()
                 .unwrap_or_else(|| topics::DEFAULT_PREFIX.into()),
             board,
         },
         publish,
-        discovery: cfg.mqtt_discovery.unwrap_or(true),
+        discovery: args.mqtt_discovery.unwrap_or(true),
         token,
     }))
 }
 
 pub fn capture(args: CaptureArgs) -> Result<ExitCode> {
-    let cfg = config(&args.source, ServeConfig::default())?;
-    let camera = camera_settings(&cfg)?;
+    let camera = camera_settings(&args.source)?;
     if !(args.interval.is_finite() && args.interval >= 0.0) {
         anyhow::bail!(
             "--interval {}: must be a number of seconds >= 0",
             args.interval
         );
     }
-    let spec = SourceSpec::parse(cfg.source.as_deref().unwrap_or(DEFAULT_SOURCE));
+    let spec = SourceSpec::parse(args.source.source.as_deref().unwrap_or(DEFAULT_SOURCE));
     let cancel = progress::cancel_on_ctrl_c();
     let saved = capture::capture(
         &spec,

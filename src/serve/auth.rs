@@ -103,7 +103,7 @@ impl Token {
     }
 
     /// The `Authorization` header value that carries this token (`push-head --url`).
-    pub(super) fn authorization(&self) -> String {
+    pub fn authorization(&self) -> String {
         format!("Bearer {}", String::from_utf8_lossy(&self.secret))
     }
 

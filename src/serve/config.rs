@@ -1,108 +1,232 @@
-//! The `serve` config file ([`ServeConfig`]): a TOML file whose keys are the flags of `serve`,
-//! read relative to its own folder and overridden key by key by the flags given.
+//! The `serve` config file: TOML whose keys are `serve`'s long flags (`mqtt_username = "x"` is
+//! `--mqtt-username x`), turned into those flags' arguments. The command line puts them before
+//! its own and parses the whole with its one definition of the flags (so the command line wins),
+//! and gives the keys, from that definition: a key without a flag cannot exist.
+//!
+//! Relative paths in the file are relative to the file's folder, not to the working directory
+//! (systemd starts services in /).
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::fmt;
+use std::path::Path;
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, MapAccess, Unexpected, Visitor};
 
-/// The keys a config file may hold: the flags of `serve` (and `capture`'s source settings).
-#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServeConfig {
-    pub head: Option<PathBuf>,
-    pub model: Option<String>,
-    /// Backbone arithmetic for TFLite models (default: this board's calibration, else f32).
-    pub precision: Option<crate::models::Precision>,
-    pub source: Option<String>,
-    pub listen: Option<String>,
-    pub threshold: Option<f32>,
-    /// Views averaged per frame (1, 2 or 4; default: the head's).
-    pub views: Option<crate::views::Views>,
-    pub fps: Option<f64>,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub frames: Option<u64>,
-    /// Serve without the HTTP server (JSON lines only).
-    pub no_http: Option<bool>,
-    /// The file holding the API token (see `auth`); relative to the config file.
-    pub token_file: Option<PathBuf>,
-    /// Listen beyond loopback without a token.
-    pub insecure_no_token: Option<bool>,
-    /// MQTT broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
-    pub mqtt: Option<String>,
-    pub mqtt_username: Option<String>,
-    /// A file holding the broker password (kept out of this world-readable file).
-    pub mqtt_password_file: Option<PathBuf>,
-    /// PEM CA certificates for mqtts:// (default: the compiled-in Mozilla roots).
-    pub mqtt_ca_file: Option<PathBuf>,
-    /// Topic prefix (default `edge-mnv2`): topics are `<prefix>/<board>/...`.
-    pub mqtt_prefix: Option<String>,
-    /// `every` result (default) or only label `changes` plus a heartbeat.
-    pub mqtt_publish: Option<String>,
-    /// Seconds between heartbeats in `changes` mode (default 60).
-    pub mqtt_heartbeat_s: Option<f64>,
-    /// Publish Home Assistant discovery configs (default true).
-    pub mqtt_discovery: Option<bool>,
-    /// The board's name in topics and Home Assistant (default: the host name).
-    pub board: Option<String>,
+/// What the flag of a key takes, and so what the key may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A switch (`--no-http`): `true` gives the flag, `false` nothing.
+    Switch,
+    /// A value (`--threshold 0.7`): a string, a number or a boolean, passed as its text for the
+    /// flag's own parser to read.
+    Value,
+    /// A path (`--head DIR`): a string, relative to the config file.
+    Path,
 }
 
-impl ServeConfig {
-    pub fn load(path: &Path) -> anyhow::Result<ServeConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read config file", path.display()))?;
-        ServeConfig::parse(&text, path)
-    }
+/// A config key: the long flag it stands for (`mqtt-username`), and what that takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub flag: String,
+    pub kind: KeyKind,
+}
 
-    /// As [`ServeConfig::load`] on the file's text already in memory; `path` is named in errors
-    /// and relative paths are resolved against its directory.
-    pub fn parse(text: &str, path: &Path) -> anyhow::Result<ServeConfig> {
-        let cfg: ServeConfig = toml::from_str(text).map_err(|e| {
+impl Key {
+    /// The name in the file: the flag with `_` for `-`.
+    pub fn name(&self) -> String {
+        self.flag.replace('-', "_")
+    }
+}
+
+/// One key of a config file as an argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigArg {
+    /// The key as the file names it (`mqtt_username`).
+    pub key: String,
+    /// The flag it stands for (`mqtt-username`).
+    pub flag: String,
+    /// `--flag=value` or `--switch`; `None` for a switch set to false.
+    pub arg: Option<OsString>,
+}
+
+/// Checks one key's argument as its flag would take it: `Err` with the reason it would not.
+pub type Check<'a> = &'a dyn Fn(&Key, &OsString) -> Result<(), String>;
+
+/// The arguments that the config file at `path` stands for, in the file's order; `keys` are the
+/// accepted ones, and `check` reads each argument as its flag would. Any other key, or a value
+/// of the wrong kind or that `check` refuses, is an error naming the file and the key (its line
+/// and column).
+pub fn read(path: &Path, keys: &[Key], check: Check) -> anyhow::Result<Vec<ConfigArg>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read config file", path.display()))?;
+    parse(&text, path, keys, check)
+}
+
+/// As [`read`] on the file's text already in memory; `path` is named in errors and relative
+/// paths are resolved against its directory.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    keys: &[Key],
+    check: Check,
+) -> anyhow::Result<Vec<ConfigArg>> {
+    let file = File {
+        keys,
+        base: path.parent().unwrap_or(Path::new(".")),
+        check,
+    };
+    file.deserialize(toml::Deserializer::new(text))
+        .map_err(|e| {
             anyhow::anyhow!(
                 "{}: invalid config: {}",
                 path.display(),
                 e.to_string().trim()
             )
-        })?;
-        // Relative paths in a config file are relative to the file, not to the working directory
-        // (systemd starts services in /).
-        let base = path.parent().unwrap_or(Path::new("."));
-        Ok(ServeConfig {
-            head: cfg.head.map(|h| base.join(h)),
-            token_file: cfg.token_file.map(|p| base.join(p)),
-            mqtt_password_file: cfg.mqtt_password_file.map(|p| base.join(p)),
-            mqtt_ca_file: cfg.mqtt_ca_file.map(|p| base.join(p)),
-            ..cfg
         })
+}
+
+/// The whole file: a table of keys.
+struct File<'a> {
+    keys: &'a [Key],
+    base: &'a Path,
+    check: Check<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for File<'_> {
+    type Value = Vec<ConfigArg>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<ConfigArg>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for File<'_> {
+    type Value = Vec<ConfigArg>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a table of serve's flags")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<ConfigArg>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(key) = map.next_key_seed(KeyName(self.keys))? {
+            let arg = map.next_value_seed(Value {
+                key,
+                base: self.base,
+                check: self.check,
+            })?;
+            out.push(ConfigArg {
+                key: key.name(),
+                flag: key.flag.clone(),
+                arg,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A key of the table, found among the accepted ones (so that TOML's error points at it).
+struct KeyName<'a>(&'a [Key]);
+
+impl<'a, 'de> DeserializeSeed<'de> for KeyName<'a> {
+    type Value = &'a Key;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<&'a Key, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'a> Visitor<'_> for KeyName<'a> {
+    type Value = &'a Key;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<&'a Key, E> {
+        match self.0.iter().find(|k| k.name() == name) {
+            Some(key) => Ok(key),
+            None => Err(E::custom(unknown_key(name, self.0))),
+        }
+    }
+}
+
+/// Worded as serde words an unknown field (what this error said when the keys were a struct's).
+fn unknown_key(name: &str, keys: &[Key]) -> String {
+    let names: Vec<String> = keys.iter().map(|k| format!("`{}`", k.name())).collect();
+    match names.as_slice() {
+        [] => format!("unknown field `{name}`, there are no fields"),
+        [one] => format!("unknown field `{name}`, expected {one}"),
+        [a, b] => format!("unknown field `{name}`, expected {a} or {b}"),
+        all => format!("unknown field `{name}`, expected one of {}", all.join(", ")),
+    }
+}
+
+/// A key's value, as the argument it gives.
+struct Value<'a> {
+    key: &'a Key,
+    base: &'a Path,
+    check: Check<'a>,
+}
+
+impl Value<'_> {
+    fn arg<E: de::Error>(&self, value: impl fmt::Display) -> Result<Option<OsString>, E> {
+        self.checked(format!("--{}={value}", self.key.flag).into())
     }
 
-    /// `self` with every key that `flags` sets replaced.
-    pub fn overridden_by(self, flags: ServeConfig) -> ServeConfig {
-        ServeConfig {
-            head: flags.head.or(self.head),
-            model: flags.model.or(self.model),
-            precision: flags.precision.or(self.precision),
-            source: flags.source.or(self.source),
-            listen: flags.listen.or(self.listen),
-            threshold: flags.threshold.or(self.threshold),
-            views: flags.views.or(self.views),
-            fps: flags.fps.or(self.fps),
-            width: flags.width.or(self.width),
-            height: flags.height.or(self.height),
-            frames: flags.frames.or(self.frames),
-            no_http: flags.no_http.or(self.no_http),
-            token_file: flags.token_file.or(self.token_file),
-            insecure_no_token: flags.insecure_no_token.or(self.insecure_no_token),
-            mqtt: flags.mqtt.or(self.mqtt),
-            mqtt_username: flags.mqtt_username.or(self.mqtt_username),
-            mqtt_password_file: flags.mqtt_password_file.or(self.mqtt_password_file),
-            mqtt_ca_file: flags.mqtt_ca_file.or(self.mqtt_ca_file),
-            mqtt_prefix: flags.mqtt_prefix.or(self.mqtt_prefix),
-            mqtt_publish: flags.mqtt_publish.or(self.mqtt_publish),
-            mqtt_heartbeat_s: flags.mqtt_heartbeat_s.or(self.mqtt_heartbeat_s),
-            mqtt_discovery: flags.mqtt_discovery.or(self.mqtt_discovery),
-            board: flags.board.or(self.board),
+    /// `arg` if the flag takes it; else the reason, as an error TOML places at the value.
+    fn checked<E: de::Error>(&self, arg: OsString) -> Result<Option<OsString>, E> {
+        (self.check)(self.key, &arg).map_err(E::custom)?;
+        Ok(Some(arg))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Value<'_> {
+    type Value = Option<OsString>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<OsString>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Visitor<'_> for Value<'_> {
+    type Value = Option<OsString>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self.key.kind {
+            KeyKind::Switch => "a boolean",
+            KeyKind::Value => "a string, a number or a boolean",
+            KeyKind::Path => "path string",
+        })
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<OsString>, E> {
+        match self.key.kind {
+            KeyKind::Switch if v => self.checked(format!("--{}", self.key.flag).into()),
+            KeyKind::Switch => Ok(None),
+            KeyKind::Value => self.arg(v),
+            KeyKind::Path => Err(E::invalid_type(Unexpected::Bool(v), &self)),
+        }
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<OsString>, E> {
+        match self.key.kind {
+            KeyKind::Value => self.arg(v),
+            _ => Err(E::invalid_type(Unexpected::Signed(v), &self)),
+        }
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<OsString>, E> {
+        match self.key.kind {
+            KeyKind::Value => self.arg(v),
+            _ => Err(E::invalid_type(Unexpected::Unsigned(v), &self)),
+        }
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Option<OsString>, E> {
+        match self.key.kind {
+            KeyKind::Value => self.arg(v),
+            _ => Err(E::invalid_type(Unexpected::Float(v), &self)),
+        }
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<OsString>, E> {
+        match self.key.kind {
+            KeyKind::Value => self.arg(v),
+            KeyKind::Path => {
+                let mut arg = OsString::from(format!("--{}=", self.key.flag));
+                arg.push(self.base.join(v));
+                self.checked(arg)
+            }
+            KeyKind::Switch => Err(E::invalid_type(Unexpected::Str(v), &self)),
         }
     }
 }
@@ -111,28 +235,80 @@ impl ServeConfig {
 mod tests {
     use super::*;
 
+    fn keys() -> Vec<Key> {
+        [
+            ("head", KeyKind::Path),
+            ("threshold", KeyKind::Value),
+            ("fps", KeyKind::Value),
+            ("no-http", KeyKind::Switch),
+            ("mqtt-discovery", KeyKind::Value),
+            ("token-file", KeyKind::Path),
+        ]
+        .map(|(flag, kind)| Key {
+            flag: flag.into(),
+            kind,
+        })
+        .into()
+    }
+
+    fn args(text: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+        let check = |_: &Key, arg: &OsString| match arg.to_str() {
+            Some("--threshold=x") => Err("not a number".to_string()),
+            _ => Ok(()),
+        };
+        Ok(parse(text, path, &keys(), &check)?
+            .into_iter()
+            .filter_map(|a| a.arg.map(|a| a.into_string().unwrap()))
+            .collect())
+    }
+
     #[test]
-    fn config_keys_are_the_flags_and_flags_win() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("config.toml");
-        std::fs::write(
+    fn keys_become_their_flags_with_paths_relative_to_the_file() {
+        let dir = Path::new("/etc/edge-mnv2");
+        let p = dir.join("config.toml");
+        let got = args(
+            "head = \"heads/bees\"\nthreshold = -0.5\nfps = 5\nno_http = true\nmqtt_discovery = false\ntoken_file = \"/abs/token\"\n",
             &p,
-            "head = \"heads/bees\"\nsource = \"/dev/video1\"\nthreshold = 0.7\nfps = 5\nlisten = \"0.0.0.0:9000\"\ntoken_file = \"token\"\n",
         )
         .unwrap();
-        let cfg = ServeConfig::load(&p).unwrap();
-        assert_eq!(cfg.head, Some(dir.path().join("heads/bees")));
-        assert_eq!(cfg.fps, Some(5.0));
-        assert_eq!(cfg.token_file, Some(dir.path().join("token")));
-        let flags = ServeConfig {
-            threshold: Some(0.9),
-            ..ServeConfig::default()
-        };
-        let merged = cfg.overridden_by(flags);
-        assert_eq!(merged.threshold, Some(0.9));
-        assert_eq!(merged.source.as_deref(), Some("/dev/video1"));
-        std::fs::write(&p, "treshold = 0.5\n").unwrap();
-        let e = format!("{:#}", ServeConfig::load(&p).unwrap_err());
-        assert!(e.contains("config.toml") && e.contains("treshold"), "{e}");
+        assert_eq!(
+            got,
+            [
+                "--head=/etc/edge-mnv2/heads/bees",
+                "--threshold=-0.5",
+                "--fps=5",
+                "--no-http",
+                "--mqtt-discovery=false",
+                "--token-file=/abs/token",
+            ]
+        );
+        // A switch set to false is no flag at all.
+        assert!(args("no_http = false\n", &p).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_wrong_kind_of_value_names_the_file_and_the_key() {
+        let p = Path::new("/etc/edge-mnv2/config.toml");
+        let e = format!("{:#}", args("treshold = 0.5\n", p).unwrap_err());
+        assert!(
+            e.starts_with("/etc/edge-mnv2/config.toml: invalid config: ")
+                && e.contains("unknown field `treshold`, expected one of `head`, `threshold`,"),
+            "{e}"
+        );
+        let e = format!("{:#}", args("no_http = \"yes\"\n", p).unwrap_err());
+        assert!(
+            e.contains("config.toml") && e.contains("no_http = \"yes\"") && e.contains("boolean"),
+            "{e}"
+        );
+        let e = format!("{:#}", args("head = 5\n", p).unwrap_err());
+        assert!(e.contains("head = 5") && e.contains("path string"), "{e}");
+        assert!(args("head = [\"a\"]\n", p).is_err());
+        // What the check refuses is an error at the value, with the check's reason.
+        let e = format!("{:#}", args("fps = 2\nthreshold = \"x\"\n", p).unwrap_err());
+        assert!(
+            e.contains("line 2, column 13") && e.ends_with("not a number"),
+            "{e}"
+        );
+        assert!(args("head = \n", p).is_err());
     }
 }

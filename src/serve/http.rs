@@ -30,12 +30,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{check_exposure, Token};
-use super::rollout::{HeadChange, HeadSource, RolloutAnswer, RolloutError};
+use super::commands::RolloutAnswer;
+use super::reply::{write_reply, Reply};
+use super::request::{Endpoint, Request, Transport};
+use super::rollout::{HeadChange, HeadSource, RolloutError};
 use super::service::{round, ImagePrediction, Service};
-use super::wire::{self, Api, Ending, Endpoint, Reply, Request, Transport};
+use super::wire::{self, Api, Ending};
 use crate::preprocess;
 
-pub use super::wire::MAX_BODY;
+pub use super::request::MAX_BODY;
 
 /// Connections served at once; more are answered 503 and closed. Each costs a thread that is
 /// mostly asleep; the deadlines in [`wire`] bound how long any one is held.
@@ -280,7 +283,7 @@ fn connection(stream: TcpStream, api: &ServiceApi, token: Option<&Token>) {
         // with unread bytes would make the kernel reset the connection before it reads our answer.
         let _ = t.stream.shutdown(Shutdown::Write);
         t.deadline = Instant::now() + DRAIN;
-        let _ = io::copy(&mut (&mut t).take(wire::MAX_BODY as u64), &mut io::sink());
+        let _ = io::copy(&mut (&mut t).take(MAX_BODY as u64), &mut io::sink());
     }
 }
 
@@ -325,7 +328,7 @@ impl Refused {
         .retry_after(RETRY_AFTER_S);
         // The answer fits in a fresh socket's buffer: the non-blocking write does not wait.
         if stream.set_nonblocking(true).is_err()
-            || wire::write_reply(&mut stream, &reply, true).is_err()
+            || write_reply(&mut stream, &reply, true).is_err()
             || stream.shutdown(Shutdown::Write).is_err()
             || self.0.len() >= MAX_REFUSED
         {

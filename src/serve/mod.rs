@@ -4,22 +4,26 @@
 //!
 //! - `slot`: the one-frame mailbox ([`FrameSlot`]) between capture and inference.
 //! - `backoff`: the waits before reopening a source or reconnecting to the broker.
-//! - `service`: [`Service`] (head, classification, health) and its typed results.
+//! - `service`: [`Service`] (head, classification, health, head installs and rollbacks) and its
+//!   typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
-//! - `config`: the TOML config file ([`ServeConfig`]).
+//! - [`config`]: the TOML config file, as the flags its keys stand for.
 //! - `auth`: the board's token (HTTP bearer credential and HMAC key of rollout commands) and the
 //!   rule that a service reachable beyond loopback has one.
 //! - `http`: the HTTP API (feature `http`; a plain name, since the link breaks without it): the
 //!   threads and the endpoints.
-//! - `wire`: HTTP/1.1 on one connection (feature `http`): parsing, deadlines, limits, answers.
-//! - `rollout`: head installs from bytes, rollbacks, and the signed commands that ask for them.
+//! - `wire`: HTTP/1.1 on one connection (feature `http`): deadlines, limits, admission; `request`
+//!   reads and routes a request, `reply` writes the answer.
+//! - `rollout`: head files installed from bytes and rolled back, and the outcomes.
+//! - `commands`: the signed rollout commands and their answers (`push-head` sends them,
+//!   [`crate::push`]).
 //! - `topics`: the MQTT settings, topic names and Home Assistant discovery payloads.
-//! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`).
-//! - `push`: `push-head`'s side: signed commands per board over a transport (MQTT, or HTTP).
+//! - `mqtt`: the MQTT publisher and command listener (feature `mqtt`), and the broker options
+//!   `push-head` connects with.
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
-//! `wire` → `auth`, `rollout`; `http`, `mqtt` → `push`, `topics` → `rollout` → `service` → `slot`,
-//! `prometheus`, `auth`; `mod.rs`, `mqtt` → `backoff`.
+//! `wire` → `request`, `reply`, `auth`, `rollout`; `http`, `mqtt` → `commands` → `service` →
+//! `rollout`, `slot`, `prometheus`, `auth`; `mqtt` → `topics`; `mod.rs`, `mqtt` → `backoff`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -38,13 +42,17 @@ use backoff::Backoff;
 
 pub mod auth;
 mod backoff;
-mod config;
+pub mod commands;
+pub mod config;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 mod prometheus;
-pub mod push;
+#[cfg(feature = "http")]
+mod reply;
+#[cfg(feature = "http")]
+mod request;
 pub mod rollout;
 mod service;
 mod slot;
@@ -52,7 +60,6 @@ pub mod topics;
 #[cfg(feature = "http")]
 mod wire;
 
-pub use config::ServeConfig;
 pub use prometheus::{Histogram, LATENCY_BUCKETS};
 pub use service::{FrameResult, HeadHealth, Health, ImagePrediction, ServeOptions, Service};
 pub use slot::{Captured, FrameSlot};
@@ -118,7 +125,7 @@ fn capture_loop_with(
         });
         let mut delivered = false;
         while !svc.stopping() {
-            if replay && !svc.slot.wait_wanted(POLL) {
+            if replay && !svc.slot().wait_wanted(POLL) {
                 continue;
             }
             if !sleep_unless_stopped(svc, pacer.wait_time()) {
@@ -127,7 +134,7 @@ fn capture_loop_with(
             match source.next_frame() {
                 Ok(frame) => {
                     seq += 1;
-                    let replaced = svc.slot.put(Captured { seq, frame });
+                    let replaced = svc.slot().put(Captured { seq, frame });
                     svc.frame_captured(replaced);
                     if !delivered {
                         delivered = true;
@@ -162,7 +169,7 @@ pub fn inference_loop(
     let mut out_ok = true;
     while !svc.stopping() {
         svc.record_heartbeat();
-        let Some(captured) = svc.slot.take(POLL) else {
+        let Some(captured) = svc.slot().take(POLL) else {
             continue;
         };
         match svc.classify_frame(&captured) {
@@ -181,7 +188,7 @@ pub fn inference_loop(
                 also(&result);
                 if max_frames.is_some_and(|m| svc.classified() >= m) {
                     log::info!("classified {} frames: stopping", svc.classified());
-                    svc.stop.store(true, Ordering::SeqCst);
+                    svc.stop();
                 }
             }
             Err(e) => svc.frame_failed(&captured.frame.name, &e),
@@ -314,7 +321,7 @@ pub fn run(
     while !svc.stopping() {
         if terminate.load(Ordering::SeqCst) {
             log::info!("stop requested by signal");
-            svc.stop.store(true, Ordering::SeqCst);
+            svc.stop();
             break;
         }
         if hangup.swap(false, Ordering::SeqCst) {
@@ -457,7 +464,7 @@ mod tests {
             || {
                 let next = script.lock().unwrap().pop_front();
                 if script.lock().unwrap().is_empty() {
-                    svc.stop.store(true, Ordering::SeqCst);
+                    svc.stop();
                 }
                 match next.expect("not called after the stop") {
                     Ok(frames) => Ok(Box::new(FakeCamera { frames }) as Box<dyn FrameSource>),
@@ -488,6 +495,6 @@ mod tests {
             Some("/dev/video7: no such device")
         );
         // The two frames the first camera gave reached the slot.
-        assert_eq!(svc.slot.take(Duration::ZERO).map(|c| c.seq), Some(2));
+        assert_eq!(svc.slot().take(Duration::ZERO).map(|c| c.seq), Some(2));
     }
 }

@@ -7,10 +7,11 @@
 //! - `mqtt-events` drives the connection: on every (re)connect it publishes `online`, the Home
 //!   Assistant discovery configs and the head state (all retained) and subscribes to `head/set`;
 //!   after a failure it waits (exponential backoff) and reconnects;
-//! - `mqtt-commands` runs rollout commands ([`super::rollout`]) and answers on `head/result`; the
+//! - `mqtt-commands` runs rollout commands ([`super::commands`]) and answers on `head/result`; the
 //!   retained `head` topic follows the running head whatever changed it (also HTTP and reloads).
 //!
-//! [`MqttTransport`] is the other end: what `push-head` sends commands with.
+//! The other end, what `push-head` sends commands with, is `crate::push::mqtt`; it connects
+//! with the same [`broker_options`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +28,9 @@ use rumqttc::{
 use serde::Serialize;
 
 use super::backoff::Backoff;
+use super::commands::{self, CommandGate, HeadAnswer, HeadCommand};
 use super::prometheus::MqttStats;
-use super::push::{BoardCommand, HeadTransport};
-use super::rollout::{self, CommandGate, HeadAnswer, HeadCommand, RolloutStatus};
+use super::rollout::{RolloutError, RolloutStatus};
 use super::service::{FrameResult, Service};
 use super::slot::lock;
 use super::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics, OFFLINE, ONLINE};
@@ -41,7 +42,7 @@ const POLL: Duration = Duration::from_millis(100);
 const MAX_PACKET: usize = 40 << 20;
 
 /// The broker options shared by `serve` and `push-head`: address, TLS, credentials.
-fn options(
+pub fn broker_options(
     client_id: String,
     broker: &BrokerUrl,
     username: Option<&str>,
@@ -115,6 +116,14 @@ struct Queue {
 }
 
 impl Publisher {
+    fn new(mode: PublishMode) -> Publisher {
+        Publisher {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            mode,
+        }
+    }
+
     /// Queues `result` for the state topic (unless the mode skips it); never blocks.
     pub fn offer(&self, result: &FrameResult) {
         let mut q = lock(&self.queue);
@@ -162,7 +171,7 @@ pub fn start(
     settings: MqttSettings,
 ) -> anyhow::Result<(Arc<Publisher>, Vec<JoinHandle<()>>)> {
     let topics = settings.topics.clone();
-    let mut o = options(
+    let mut o = broker_options(
         format!("edge-mnv2-{}", topics.board),
         &settings.broker,
         settings.username.as_deref(),
@@ -177,11 +186,7 @@ pub fn start(
     ));
     // Room for a full queue's flush at stop plus the announcements and the goodbye.
     let (client, connection) = Client::new(o, 2 * QUEUE);
-    let publisher = Arc::new(Publisher {
-        queue: Mutex::new(Queue::default()),
-        ready: Condvar::new(),
-        mode: settings.publish,
-    });
+    let publisher = Arc::new(Publisher::new(settings.publish));
     let accepts = settings.accepts_commands();
     if !accepts {
         log::info!(
@@ -244,7 +249,7 @@ pub fn start(
                         continue;
                     };
                     let answer = match gate.open(&payload) {
-                        Ok(cmd) => rollout::execute(&svc, &cmd),
+                        Ok(cmd) => commands::execute(&svc, &cmd),
                         Err(e) => refused(&svc, &topics.board, &payload, e),
                     };
                     let body = serde_json::to_vec(&answer).expect("answers serialize");
@@ -261,7 +266,7 @@ pub fn start(
 }
 
 /// The answer to a command the gate refused, echoing its (unverified) id for the sender.
-fn refused(svc: &Service, board: &str, payload: &[u8], e: rollout::RolloutError) -> HeadAnswer {
+fn refused(svc: &Service, board: &str, payload: &[u8], e: RolloutError) -> HeadAnswer {
     let id = payload
         .iter()
         .position(|&b| b == b'\n')
@@ -269,18 +274,14 @@ fn refused(svc: &Service, board: &str, payload: &[u8], e: rollout::RolloutError)
         .map(|c| c.id)
         .unwrap_or_default();
     log::warn!("MQTT head command refused: {e}");
-    rollout::answer(svc, board, &id, Err(e))
+    commands::answer(svc, board, &id, Err(e))
 }
 
 /// The running head and how many rollouts were tried: when either moves, the head topic is stale.
 type HeadKey = (String, u64);
 
 fn head_key(svc: &Service) -> HeadKey {
-    let tried = {
-        let s = lock(&svc.stats);
-        s.rollouts_ok + s.rollouts_refused
-    };
-    (svc.head().sha256.clone(), tried)
+    (svc.head().sha256.clone(), svc.rollouts_tried())
 }
 
 fn publish_head_state(svc: &Service, client: &Client, topics: &Topics) {
@@ -324,7 +325,7 @@ fn publish_loop(svc: &Service, client: &Client, publisher: &Publisher, topic: &s
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        lock(&svc.stats).mqtt = Some(publisher.stats());
+        svc.set_mqtt_stats(publisher.stats());
     }
 }
 
@@ -340,7 +341,7 @@ struct Events<'a> {
 impl Events<'_> {
     fn set_connected(&self, up: bool) {
         lock(&self.publisher.queue).connected = up;
-        lock(&self.svc.stats).mqtt = Some(self.publisher.stats());
+        self.svc.set_mqtt_stats(self.publisher.stats());
     }
 
     fn on_connect(&self) {
@@ -447,130 +448,92 @@ impl Events<'_> {
     }
 }
 
-fn describe(e: &ConnectionError) -> String {
+/// A connection error as the logs and `push-head` word it.
+pub fn describe(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => format!("refused by the broker: {code:?}"),
         other => other.to_string(),
     }
 }
 
-/// `push-head`'s MQTT end: publishes each board's signed command to its `head/set` topic and
-/// collects the answers from `head/result`.
-pub struct MqttTransport {
-    client: Client,
-    connection: Connection,
-    prefix: String,
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
 
-impl MqttTransport {
-    pub fn connect(
-        broker: &BrokerUrl,
-        username: Option<&str>,
-        password: Option<&str>,
-        ca_file: Option<&std::path::Path>,
-        prefix: &str,
-    ) -> anyhow::Result<MqttTransport> {
-        let id = format!("edge-mnv2-push-{}", std::process::id());
-        let o = options(id, broker, username, password, ca_file)?;
-        let (client, mut connection) = Client::new(o, 64);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match connection.recv_timeout(Duration::from_secs(1)) {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
-                Ok(Err(e)) => anyhow::bail!(
-                    "{}:{}: cannot connect to the broker: {}",
-                    broker.host,
-                    broker.port,
-                    describe(&e)
-                ),
-                _ if Instant::now() > deadline => {
-                    anyhow::bail!("{}:{}: no answer from the broker", broker.host, broker.port)
-                }
-                _ => {}
-            }
+    use super::*;
+
+    fn result(frame: u64, label: &str) -> FrameResult {
+        FrameResult {
+            confidence: 0.9,
+            dropped: 0,
+            frame,
+            head: "7efa".into(),
+            label: label.into(),
+            latency_ms: 1.0,
+            novelty: None,
+            probs: BTreeMap::new(),
+            source: format!("{frame}.jpg"),
+            ts: 0.0,
         }
-        Ok(MqttTransport {
-            client,
-            connection,
-            prefix: prefix.to_string(),
-        })
     }
 
-    fn topics(&self, board: &str) -> Topics {
-        Topics {
-            prefix: self.prefix.clone(),
-            board: board.to_string(),
-        }
-    }
-}
-
-impl HeadTransport for MqttTransport {
-    fn push(
-        &mut self,
-        commands: &[BoardCommand],
-        timeout: Duration,
-    ) -> Vec<anyhow::Result<HeadAnswer>> {
-        let mut answers: Vec<Option<anyhow::Result<HeadAnswer>>> =
-            commands.iter().map(|_| None).collect();
-        for c in commands {
-            let topic = self.topics(&c.board).head_result();
-            if let Err(e) = self.client.subscribe(topic, QoS::AtLeastOnce) {
-                log::warn!("subscribing to the answers of {}: {e}", c.board);
-            }
-        }
-        let mut subscribed = 0;
-        // Publish only once every subscription is acknowledged, or a fast board's answer is lost.
-        let deadline = Instant::now() + timeout;
-        while subscribed < commands.len() && Instant::now() < deadline {
-            if let Ok(Ok(Event::Incoming(Packet::SubAck(_)))) = self.connection.recv_timeout(POLL) {
-                subscribed += 1;
-            }
-        }
-        for c in commands {
-            let topic = self.topics(&c.board).head_set();
-            if let Err(e) = self
-                .client
-                .publish(topic, QoS::AtLeastOnce, false, c.signed.0.clone())
-            {
-                let i = commands
-                    .iter()
-                    .position(|x| x.board == c.board)
-                    .unwrap_or(0);
-                answers[i] = Some(Err(anyhow::anyhow!("publishing: {e}")));
-            }
-        }
-        while answers.iter().any(Option::is_none) && Instant::now() < deadline {
-            match self.connection.recv_timeout(POLL) {
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    let Ok(a) = serde_json::from_slice::<HeadAnswer>(&p.payload) else {
-                        continue;
-                    };
-                    for (i, c) in commands.iter().enumerate() {
-                        if answers[i].is_none() && c.board == a.board && c.id == a.id {
-                            answers[i] = Some(Ok(a.clone()));
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    let e = describe(&e);
-                    for a in answers.iter_mut().filter(|a| a.is_none()) {
-                        *a = Some(Err(anyhow::anyhow!("broker connection lost: {e}")));
-                    }
-                }
-                _ => {}
-            }
-        }
-        let _ = self.client.disconnect();
-        answers
-            .into_iter()
-            .map(|a| {
-                a.unwrap_or_else(|| {
-                    Err(anyhow::anyhow!(
-                        "no answer within {}s (board offline, wrong board name, or rollout off there)",
-                        timeout.as_secs()
-                    ))
-                })
+    /// The frame numbers of the queued results, oldest first.
+    fn queued(p: &Publisher) -> Vec<u64> {
+        lock(&p.queue)
+            .items
+            .iter()
+            .map(|bytes| {
+                serde_json::from_slice::<serde_json::Value>(bytes).unwrap()["frame"]
+                    .as_u64()
+                    .unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it() {
+        let p = Publisher::new(PublishMode::Every);
+        for frame in 1..=QUEUE as u64 {
+            p.offer(&result(frame, "bees"));
+        }
+        assert_eq!(p.stats().dropped, 0);
+        assert_eq!(queued(&p), (1..=QUEUE as u64).collect::<Vec<_>>());
+        for frame in QUEUE as u64 + 1..=QUEUE as u64 + 5 {
+            p.offer(&result(frame, "bees"));
+        }
+        // Still QUEUE results, the five oldest gone and counted; the newest is last.
+        assert_eq!(p.stats().dropped, 5);
+        assert_eq!(queued(&p), (6..=QUEUE as u64 + 5).collect::<Vec<_>>());
+        // What is queued is the JSON line's bytes.
+        let first = lock(&p.queue).items[0].clone();
+        assert_eq!(first, serde_json::to_vec(&result(6, "bees")).unwrap());
+    }
+
+    #[test]
+    fn changes_mode_skips_the_same_label_until_the_heartbeat() {
+        let heartbeat = Duration::from_secs(60);
+        let p = Publisher::new(PublishMode::Changes { heartbeat });
+        p.offer(&result(1, "bees"));
+        // The same label within the heartbeat: skipped.
+        p.offer(&result(2, "bees"));
+        p.offer(&result(3, "bees"));
+        assert_eq!(queued(&p), [1]);
+        // A change passes, and so does the change back.
+        p.offer(&result(4, "ants"));
+        p.offer(&result(5, "ants"));
+        p.offer(&result(6, "bees"));
+        assert_eq!(queued(&p), [1, 4, 6]);
+        // Once the heartbeat has passed since the last one offered, the same label passes too.
+        lock(&p.queue).last_offered = Some(Instant::now() - heartbeat - Duration::from_millis(1));
+        p.offer(&result(7, "bees"));
+        p.offer(&result(8, "bees"));
+        assert_eq!(queued(&p), [1, 4, 6, 7]);
+        assert_eq!(p.stats().dropped, 0);
+        // `every` skips nothing.
+        let every = Publisher::new(PublishMode::Every);
+        for frame in 1..=3 {
+            every.offer(&result(frame, "bees"));
+        }
+        assert_eq!(queued(&every), [1, 2, 3]);
     }
 }

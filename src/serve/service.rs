@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use image::RgbImage;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::prometheus::{self, Stats};
+use super::prometheus::{self, MqttStats, Stats};
+use super::rollout::{self, Action, HeadChange, HeadSource, RolloutError, RolloutStatus};
 use super::slot::{lock, Captured, FrameSlot};
 use crate::backbone::Backbone;
 use crate::classifier::{classify, UNKNOWN_LABEL};
@@ -107,25 +108,6 @@ pub struct HeadHealth {
     pub sha256: String,
 }
 
-/// The last rollout outcome, as `/healthz` and the MQTT state report it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RolloutStatus {
-    pub action: Action,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub ok: bool,
-    /// The head running after the action (the old one when it was refused).
-    pub sha256: String,
-    pub ts: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Install,
-    Rollback,
-}
-
 #[derive(Debug, Clone)]
 enum SourceState {
     Starting,
@@ -157,25 +139,24 @@ pub struct ServeOptions {
     pub mqtt: Option<super::topics::MqttSettings>,
 }
 
-// The head, its path, the reload lock and the counters are shared with `rollout`, which
-// installs heads and rolls them back as a reload does.
 pub struct Service {
-    pub(super) backbone: Backbone,
-    pub(super) head: RwLock<Arc<HeadFile>>,
-    pub(super) head_path: PathBuf,
-    pub(super) reload_lock: Mutex<()>,
-    pub threshold: f32,
-    pub views: Option<Views>,
-    pub slot: FrameSlot,
-    pub(super) stats: Mutex<Stats>,
-    pub(super) rollout: Mutex<Option<RolloutStatus>>,
+    backbone: Backbone,
+    head: RwLock<Arc<HeadFile>>,
+    head_path: PathBuf,
+    /// Held by whatever replaces the head (reload, install, rollback): one at a time.
+    reload_lock: Mutex<()>,
+    threshold: f32,
+    views: Option<Views>,
+    slot: FrameSlot,
+    stats: Mutex<Stats>,
+    rollout: Mutex<Option<RolloutStatus>>,
     latest: Mutex<Option<FrameResult>>,
     source_state: Mutex<SourceState>,
     source_name: String,
     started: Instant,
     /// Last time the inference thread went round its loop (for the systemd watchdog).
     heartbeat: Mutex<Instant>,
-    pub stop: AtomicBool,
+    stop: AtomicBool,
 }
 
 impl Service {
@@ -210,6 +191,16 @@ impl Service {
 
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Asks every thread of the service to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The mailbox between the capture and inference threads.
+    pub fn slot(&self) -> &FrameSlot {
+        &self.slot
     }
 
     /// Reloads the head from its path; a head that fails to load or does not fit the backbone is
@@ -383,6 +374,109 @@ impl Service {
     /// Age of the inference thread's heartbeat.
     pub fn heartbeat_age(&self) -> Duration {
         lock(&self.heartbeat).elapsed()
+    }
+
+    /// Installs and rollbacks tried so far, whatever their outcome.
+    pub fn rollouts_tried(&self) -> u64 {
+        let s = lock(&self.stats);
+        s.rollouts_ok + s.rollouts_refused
+    }
+
+    /// What the MQTT side last reported, for `/metrics`.
+    pub fn set_mqtt_stats(&self, stats: MqttStats) {
+        lock(&self.stats).mqtt = Some(stats);
+    }
+
+    /// Installs `bytes` as the head if their sha256 is `expected_sha256` and they are a head for
+    /// the running backbone (its hash, input and preprocessing); the replaced head file is kept
+    /// for [`Service::rollback`]. A refused head changes nothing, on disk or in memory.
+    pub fn install_head(
+        &self,
+        bytes: &[u8],
+        expected_sha256: &str,
+    ) -> Result<HeadChange, RolloutError> {
+        let result = rollout::check_sha256(bytes, expected_sha256).and_then(|()| {
+            let _one_at_a_time = lock(&self.reload_lock);
+            let new = rollout::install_file(&self.head_path, &self.backbone, bytes)?;
+            Ok(self.swap_in(new))
+        });
+        self.record_rollout(Action::Install, &result);
+        result
+    }
+
+    /// Puts the previous head back (the one the last install or rollback replaced); the head it
+    /// replaces becomes the previous one, so a second rollback undoes the first.
+    pub fn rollback(&self) -> Result<HeadChange, RolloutError> {
+        let result = {
+            let _one_at_a_time = lock(&self.reload_lock);
+            rollout::roll_back_file(&self.head_path, &self.backbone).map(|new| self.swap_in(new))
+        };
+        self.record_rollout(Action::Rollback, &result);
+        result
+    }
+
+    /// Installs the head from `source` with [`Service::install_head`], after fetching it if it
+    /// is a URL. Refusals before the head is checked (no sha256, the fetch failed) are recorded
+    /// too, so every outcome shows in `/healthz` and the metrics.
+    pub fn install_from(
+        &self,
+        source: HeadSource<'_>,
+        sha256: Option<&str>,
+    ) -> Result<HeadChange, RolloutError> {
+        let early = |e: RolloutError| {
+            self.record_refusal(Action::Install, &e);
+            Err(e)
+        };
+        let Some(sha256) = sha256.filter(|s| !s.trim().is_empty()) else {
+            return early(RolloutError::Command("install without a sha256".into()));
+        };
+        match source {
+            HeadSource::Bytes(bytes) => self.install_head(bytes, sha256),
+            HeadSource::Url(url) => match crate::fetch::fetch_bytes(url, rollout::MAX_HEAD_BYTES) {
+                Ok(bytes) => self.install_head(&bytes, sha256),
+                Err(e) => early(RolloutError::Fetch(e.to_string())),
+            },
+        }
+    }
+
+    /// Records a refusal that happened before the head reached [`Service::install_head`].
+    pub fn record_refusal(&self, action: Action, e: &RolloutError) {
+        lock(&self.stats).rollouts_refused += 1;
+        log::error!("head {action:?} refused, keeping the running head: {e}");
+        self.set_rollout_status(action, Some(e.to_string()));
+    }
+
+    /// Runs `new` in place of the current head (under the reload lock).
+    fn swap_in(&self, new: HeadFile) -> HeadChange {
+        let previous = self.head().sha256.clone();
+        log::info!(
+            "head installed at {}: classes {:?}, sha256 {} (was {previous})",
+            new.path.display(),
+            new.head.classes,
+            new.sha256
+        );
+        let sha256 = new.sha256.clone();
+        *self.head.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        HeadChange { previous, sha256 }
+    }
+
+    fn record_rollout(&self, action: Action, result: &Result<HeadChange, RolloutError>) {
+        {
+            let mut s = lock(&self.stats);
+            match result {
+                Ok(_) => s.rollouts_ok += 1,
+                Err(_) => s.rollouts_refused += 1,
+            }
+        }
+        if let Err(e) = result {
+            log::error!("head {action:?} refused, keeping the running head: {e}");
+        }
+        self.set_rollout_status(action, result.as_ref().err().map(ToString::to_string));
+    }
+
+    fn set_rollout_status(&self, action: Action, error: Option<String>) {
+        let status = RolloutStatus::now(action, error, self.head().sha256.clone());
+        *lock(&self.rollout) = Some(status);
     }
 }
 

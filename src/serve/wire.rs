@@ -1,6 +1,7 @@
-//! HTTP/1.1 on one connection, independent of what the endpoints do: request heads parsed by
-//! `httparse` within a size and a deadline, the token rule, the body limits, admission (429) and
-//! the answers, over any [`Transport`] (a TCP stream, or bytes in memory for fuzzing).
+//! HTTP/1.1 on one connection, independent of what the endpoints do: a request is read
+//! (`super::request`), checked against the token rule and the body limits, admitted (429) and
+//! answered (`super::reply`), over any [`Transport`] (a TCP stream, or bytes in memory for
+//! fuzzing).
 //!
 //! Every way a request can go wrong ends in a 4xx answer or a closed connection, never in a stall
 //! longer than a deadline: the head must arrive within [`HEAD_TIMEOUT`] and the body within
@@ -9,141 +10,15 @@
 //! routed, authorised and admitted, so a refused upload costs no memory.
 
 use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::auth::{needs_token, Token};
+use super::reply::{write_reply, Reply};
+use super::request::{
+    read_body, read_head, Endpoint, HeadError, Request, Transport, BODY_TIMEOUT, HEAD_TIMEOUT,
+    MAX_BODY,
+};
 use super::rollout::MAX_HEAD_BYTES;
-
-/// Longest a request head may take to arrive (from its first byte, or from the end of the
-/// previous answer on a kept-alive connection, which is also how long an idle one is kept).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a request body may take to arrive once its head is in.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head (request line and headers).
-pub const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 48;
-/// Bodies of endpoints that take none are read and dropped up to this size (a client may send
-/// `{}` with its POST); beyond it, 413.
-pub const MAX_IGNORED_BODY: usize = 4096;
-
-/// A byte stream with a deadline on reads.
-pub trait Transport: Read + Write {
-    /// Reads after `deadline` fail with [`io::ErrorKind::TimedOut`].
-    fn set_read_deadline(&mut self, deadline: Instant);
-}
-
-/// The endpoints, as routing finds them from the method and path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Latest,
-    Healthz,
-    Metrics,
-    Classify,
-    Reload,
-    /// `PUT /head`: install a head ([`super::rollout`]).
-    Head,
-    /// `POST /rollback`: put the previous head back.
-    Rollback,
-}
-
-/// A routed request, as [`Api::call`] gets it.
-#[derive(Debug)]
-pub struct Request {
-    pub endpoint: Endpoint,
-    /// What follows `?` in the request target ("" when nothing does).
-    pub query: String,
-    pub body: Vec<u8>,
-}
-
-impl Endpoint {
-    /// The endpoint for `method` on `path` (the query string already cut), or the 404/405 answer.
-    pub fn route(method: &str, path: &str) -> Result<Endpoint, Reply> {
-        let (endpoint, allowed) = match path {
-            "/latest" => (Endpoint::Latest, "GET"),
-            "/healthz" => (Endpoint::Healthz, "GET"),
-            "/metrics" => (Endpoint::Metrics, "GET"),
-            "/classify" => (Endpoint::Classify, "POST"),
-            "/reload" => (Endpoint::Reload, "POST"),
-            "/head" => (Endpoint::Head, "PUT"),
-            "/rollback" => (Endpoint::Rollback, "POST"),
-            _ => {
-                return Err(Reply::error(
-                    404,
-                    format!("no such endpoint: {}", printable(path)),
-                ))
-            }
-        };
-        if method == allowed {
-            Ok(endpoint)
-        } else {
-            Err(Reply::error(
-                405,
-                format!("{} is not allowed on {path}", printable(method)),
-            ))
-        }
-    }
-
-    /// The largest body the endpoint reads; bodies of the others are dropped up to
-    /// [`MAX_IGNORED_BODY`].
-    pub fn max_body(self) -> usize {
-        match self {
-            Endpoint::Classify => MAX_BODY,
-            // A head file; novelty prototypes make a large one several MB.
-            Endpoint::Head => MAX_HEAD_BYTES as usize,
-            _ => MAX_IGNORED_BODY,
-        }
-    }
-}
-
-/// Bodies larger than this are refused (413) without being read: no camera image is this big.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// An answer: status, body and the few headers the service sends.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    /// Seconds, for 429 and 503.
-    pub retry_after: Option<u32>,
-}
-
-impl Reply {
-    pub fn json(status: u16, body: &impl serde::Serialize) -> Reply {
-        match serde_json::to_vec(body) {
-            Ok(mut bytes) => {
-                bytes.push(b'\n');
-                Reply {
-                    status,
-                    content_type: "application/json",
-                    body: bytes,
-                    retry_after: None,
-                }
-            }
-            // Only a non-UTF-8 path could get here; a client should still get an answer.
-            Err(e) => Reply::error(500, format!("serializing the answer: {e}")),
-        }
-    }
-
-    /// `{"error": message}`.
-    pub fn error(status: u16, message: impl Into<String>) -> Reply {
-        Reply::json(status, &serde_json::json!({"error": message.into()}))
-    }
-
-    pub fn text(body: String) -> Reply {
-        Reply {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: body.into_bytes(),
-            retry_after: None,
-        }
-    }
-
-    pub fn retry_after(mut self, seconds: u32) -> Reply {
-        self.retry_after = Some(seconds);
-        self
-    }
-}
 
 /// What the endpoints do, for [`serve_connection`].
 pub trait Api {
@@ -162,24 +37,6 @@ pub enum Ending {
     /// The last answer left a request body unread: stop writing and let the client finish
     /// sending before closing, so the kernel does not reset the connection under its answer.
     Drain,
-}
-
-/// What stops a request head from being read.
-enum HeadError {
-    /// The connection closed, or stayed idle, before a request began: close quietly.
-    Idle,
-    Answer(Reply),
-}
-
-/// A parsed request head (owned, so the buffer can be read on).
-struct Head {
-    method: String,
-    path: String,
-    query: String,
-    content_length: usize,
-    close: bool,
-    expect_continue: bool,
-    authorization: Option<Vec<u8>>,
 }
 
 /// Serves requests on one connection until it closes, a deadline passes or an answer requires
@@ -274,194 +131,6 @@ pub fn serve_connection<T: Transport, A: Api>(t: &mut T, api: &A, token: Option<
     }
 }
 
-/// Reads more bytes into `buf`; 0 means the peer closed.
-fn fill<T: Transport>(t: &mut T, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    let mut chunk = [0u8; 8192];
-    let want = chunk.len().min(max.saturating_sub(buf.len()).max(1));
-    loop {
-        match t.read(&mut chunk[..want]) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::ErrorKind::TimedOut.into())
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn read_head<T: Transport>(t: &mut T, buf: &mut Vec<u8>) -> Result<Head, HeadError> {
-    loop {
-        // Bytes left over from the previous request (pipelining) are parsed before reading more.
-        if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let head = head_of(&req)?;
-                    buf.drain(..len);
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                    return Err(HeadError::Answer(Reply::error(
-                        431,
-                        format!("request head larger than {MAX_HEAD} bytes"),
-                    )))
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(HeadError::Answer(Reply::error(
-                        431,
-                        format!("more than {MAX_HEADERS} headers"),
-                    )))
-                }
-                Err(e) => {
-                    return Err(HeadError::Answer(Reply::error(
-                        400,
-                        format!("malformed request: {e}"),
-                    )))
-                }
-            }
-        }
-        match fill(t, buf, MAX_HEAD) {
-            Ok(0) | Err(_) if buf.is_empty() => return Err(HeadError::Idle),
-            Ok(0) => return Err(HeadError::Idle),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(HeadError::Answer(Reply::error(
-                    408,
-                    format!("the request head did not arrive within {HEAD_TIMEOUT:?}"),
-                )))
-            }
-            Err(_) => return Err(HeadError::Idle),
-        }
-    }
-}
-
-fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
-    let bad = |status: u16, message: &str| HeadError::Answer(Reply::error(status, message));
-    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Err(bad(400, "malformed request line"));
-    };
-    let mut content_length: Option<usize> = None;
-    let mut close = version == 0;
-    let mut expect_continue = false;
-    let mut authorization = None;
-    for h in req.headers.iter() {
-        let value = h.value.trim_ascii();
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .ok_or_else(|| bad(400, "invalid Content-Length"))?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(bad(400, "conflicting Content-Length headers"));
-            }
-            content_length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(bad(411, "send the body with a Content-Length, not chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for option in value.split(|&b| b == b',') {
-                let option = option.trim_ascii();
-                if option.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if option.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
-                }
-            }
-        } else if h.name.eq_ignore_ascii_case("expect") {
-            if !value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(bad(417, "only `Expect: 100-continue` is supported"));
-            }
-            expect_continue = true;
-        } else if h.name.eq_ignore_ascii_case("authorization") && authorization.is_none() {
-            authorization = Some(value.to_vec());
-        }
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Ok(Head {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        content_length: content_length.unwrap_or(0),
-        close,
-        expect_continue,
-        authorization,
-    })
-}
-
-/// The body: `len` bytes, from what is buffered and then the stream.
-fn read_body<T: Transport>(t: &mut T, buf: &mut Vec<u8>, len: usize) -> io::Result<Vec<u8>> {
-    if buf.len() >= len {
-        let rest = buf.split_off(len);
-        return Ok(std::mem::replace(buf, rest));
-    }
-    let mut body = std::mem::take(buf);
-    while body.len() < len {
-        if fill(t, &mut body, len)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    // A read never asks for more than the body still needs, so nothing past it is in `body`.
-    Ok(body)
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-/// Writes `reply` as one buffer (one syscall for small answers).
-pub fn write_reply(w: &mut impl Write, reply: &Reply, close: bool) -> io::Result<()> {
-    let mut out = Vec::with_capacity(160 + reply.body.len());
-    write!(
-        out,
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        reply.status,
-        reason(reply.status),
-        reply.content_type,
-        reply.body.len()
-    )?;
-    if let Some(s) = reply.retry_after {
-        write!(out, "Retry-After: {s}\r\n")?;
-    }
-    if reply.status == 401 {
-        out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&reply.body);
-    w.write_all(&out)?;
-    w.flush()
-}
-
-/// At most 80 characters of `s`, control characters escaped, for error messages.
-fn printable(s: &str) -> String {
-    s.chars().take(80).flat_map(char::escape_debug).collect()
-}
-
 /// An in-memory connection: reads `input`, at most `max_read` bytes at a time (as a network
 /// delivers a request in pieces), and collects what is written.
 pub struct MemoryTransport<'a> {
@@ -512,6 +181,7 @@ impl Api for EchoApi {
 
 #[cfg(test)]
 mod tests {
+    use super::super::request::MAX_HEAD;
     use super::*;
 
     const SECRET: &str = "0123456789abcdef-token";

@@ -1,108 +1,13 @@
-//! `push-head`'s side of a rollout: one signed [`HeadCommand`] per board (each names its board,
-//! so a command cannot be replayed to another), sent over a [`HeadTransport`], one answer per
-//! board back: MQTT through a broker (`super::mqtt`), or [`HttpTransport`], a `PUT /head` (or
-//! `POST /rollback`) to each board's URL under the bearer token.
+//! `push-head --url`: a board's HTTP API as the transport of its commands.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::Context;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use super::rollout::{Action, HeadAnswer, HeadCommand, RolloutAnswer, SignedCommand, Token};
-use crate::head::{head_file_path, Head};
-
-/// One board's signed command, and what to match its answer by.
-pub struct BoardCommand {
-    pub board: String,
-    pub id: String,
-    pub signed: SignedCommand,
-    /// What `signed` carries, for transports that authenticate otherwise (HTTP's bearer token).
-    pub command: HeadCommand,
-}
-
-/// How commands reach boards. Answers come back in the order of `commands`; a board that does not
-/// answer within `timeout` gets an error, not a hang.
-pub trait HeadTransport {
-    fn push(
-        &mut self,
-        commands: &[BoardCommand],
-        timeout: Duration,
-    ) -> Vec<anyhow::Result<HeadAnswer>>;
-}
-
-/// What to send.
-pub enum Payload {
-    /// The head file's text (read and checked locally first).
-    Inline {
-        text: String,
-        sha256: String,
-    },
-    /// An https:// URL the boards fetch the head from, and its sha256.
-    Url {
-        url: String,
-        sha256: String,
-    },
-    Rollback,
-}
-
-impl Payload {
-    /// The head in `dir_or_file` (as `--head` takes it), checked to be a readable head file.
-    pub fn from_head(dir_or_file: &Path) -> anyhow::Result<Payload> {
-        let path = head_file_path(dir_or_file);
-        Head::load(&path)?;
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
-        Ok(Payload::Inline { text, sha256 })
-    }
-}
-
-/// The signed command for each board.
-pub fn commands(token: &Token, boards: &[String], payload: &Payload) -> Vec<BoardCommand> {
-    let issued = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    boards
-        .iter()
-        .enumerate()
-        .map(|(i, board)| {
-            // Unique per run and board: boards refuse an id they have seen (replays).
-            let id = format!("{issued}-{}-{i}", std::process::id());
-            let (action, sha256, head, url) = match payload {
-                Payload::Inline { text, sha256 } => (
-                    Action::Install,
-                    Some(sha256.clone()),
-                    Some(text.clone()),
-                    None,
-                ),
-                Payload::Url { url, sha256 } => (
-                    Action::Install,
-                    Some(sha256.clone()),
-                    None,
-                    Some(url.clone()),
-                ),
-                Payload::Rollback => (Action::Rollback, None, None, None),
-            };
-            let cmd = HeadCommand {
-                board: board.clone(),
-                id: id.clone(),
-                issued,
-                action,
-                sha256,
-                head,
-                url,
-            };
-            BoardCommand {
-                board: board.clone(),
-                id,
-                signed: SignedCommand::sign(token, &cmd),
-                command: cmd,
-            }
-        })
-        .collect()
-}
+use super::send::{BoardCommand, HeadTransport};
+use crate::serve::auth::Token;
+use crate::serve::commands::{HeadAnswer, HeadCommand, RolloutAnswer};
+use crate::serve::rollout::Action;
 
 /// `push-head --url`: each board's HTTP API, at `https://HOST:PORT` (a TLS proxy in front of
 /// `serve`) or `http://` on this machine. The boards are the URLs; every board gets its request at
