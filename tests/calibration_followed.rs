@@ -11,10 +11,6 @@ use common::*;
 use edge_mnv2::models::Precision;
 use serde_json::Value;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn ok(o: Output) -> String {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     stdout(&o)

@@ -9,10 +9,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `finetune DATA` with `cache` and `extra`; (computed, cached) from its report.
 fn embed_counts(data: &Path, out: &Path, cache: &Path, extra: &[&str]) -> (u64, u64) {
     let mut args = vec![

@@ -43,22 +43,6 @@ fn edge_env<'a>(cmd: &'a mut Command, scratch: &Path) -> &'a mut Command {
         .env_remove("RUST_LOG")
 }
 
-/// Copies the first `n` hymenoptera training images of each class into `dir/<class>/`.
-fn small_set(dir: &Path, n: usize) {
-    for class in ["ants", "bees"] {
-        let src = shared().join("datasets/hymenoptera/train").join(class);
-        let mut files: Vec<_> = std::fs::read_dir(&src)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for f in files.iter().take(n) {
-            std::fs::copy(f, dir.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
 fn finetune_cmd(scratch: &Path, data: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Command {
     let mut cmd = edge_command();
     cmd.arg("finetune")
@@ -133,7 +117,7 @@ fn trained() -> &'static Trained {
             scratch.join("out"),
             scratch.join("cache"),
         );
-        small_set(&data, 6);
+        copy_hymenoptera(&data, &[("ants", 6), ("bees", 6)]);
         let t = Instant::now();
         let o = finetune_cmd(
             &scratch,
@@ -213,7 +197,7 @@ fn finetune_killed_anywhere_keeps_out_and_cache_whole() {
     let mut rng = rng("finetune_killed_anywhere");
     let (root, out, cache) = copy_of(t, "killed");
     let data = root.join("data");
-    small_set(&data, 9);
+    copy_hymenoptera(&data, &[("ants", 9), ("bees", 9)]);
     let old = snapshot(&out);
     // The killed runs embed 6 new images and augmented views, then train: a little longer than
     // the first run, which embedded 12 images.

@@ -82,18 +82,7 @@ fn steps() -> Vec<Step<'static>> {
 fn a_directory_at_the_head_path_fails_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for class in ["ants", "bees"] {
-        let src = shared().join("datasets/hymenoptera/train").join(class);
-        let mut files: Vec<_> = std::fs::read_dir(&src)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::create_dir_all(data.join(class)).unwrap();
-        for f in files.iter().take(6) {
-            std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_hymenoptera(&data, &[("ants", 6), ("bees", 6)]);
     let out = previous_run(tmp.path());
     std::fs::remove_file(out.join("head.json")).unwrap();
     std::fs::create_dir(out.join("head.json")).unwrap();

@@ -12,10 +12,6 @@ fn datasets() -> PathBuf {
     shared().join("datasets")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// The product's main job on its defaults, then the same again from the cache.
 #[test]
 fn hymenoptera_with_defaults_then_cached_rerun() {
@@ -131,22 +127,6 @@ fn imagenette_ten_classes() {
     assert!(f1 >= 0.96, "macro F1 {f1}");
 }
 
-/// Copies `n` images of each hymenoptera class into `dir/<class>/` (flat layout).
-fn small_set(dir: &Path, per_class: &[(&str, usize)]) {
-    for (class, n) in per_class {
-        let src = datasets().join("hymenoptera/train").join(class);
-        let mut files: Vec<_> = std::fs::read_dir(&src)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for f in files.iter().take(*n) {
-            std::fs::copy(f, dir.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
 fn finetune_err(data: &Path, out: &Path, extra: &[&str]) -> String {
     let mut args = vec![
         "finetune",
@@ -187,11 +167,11 @@ fn bad_datasets_are_refused_clearly() {
     assert!(finetune_err(&missing, &out, &[]).contains("no such directory"));
 
     let one = tmp.path().join("one");
-    small_set(&one, &[("ants", 5)]);
+    copy_hymenoptera(&one, &[("ants", 5)]);
     assert!(finetune_err(&one, &out, &[]).contains("only one class ('ants')"));
 
     let single = tmp.path().join("single");
-    small_set(&single, &[("ants", 8), ("bees", 1)]);
+    copy_hymenoptera(&single, &[("ants", 8), ("bees", 1)]);
     let e = finetune_err(&single, &out, &[]);
     assert!(
         e.contains("class 'bees' has 1 readable training image(s); need at least 2"),
@@ -199,7 +179,7 @@ fn bad_datasets_are_refused_clearly() {
     );
 
     let unreadable = tmp.path().join("unreadable");
-    small_set(&unreadable, &[("ants", 8)]);
+    copy_hymenoptera(&unreadable, &[("ants", 8)]);
     std::fs::create_dir(unreadable.join("bees")).unwrap();
     for i in 0..4 {
         std::fs::write(unreadable.join(format!("bees/{i}.jpg")), b"not a jpeg").unwrap();
@@ -212,8 +192,8 @@ fn bad_datasets_are_refused_clearly() {
     assert!(e.contains("bees/0.jpg"), "unreadable files are named: {e}");
 
     let unknown = tmp.path().join("unknown");
-    small_set(&unknown.join("train"), &[("ants", 6), ("bees", 6)]);
-    small_set(&unknown.join("val"), &[("ants", 2), ("bees", 2)]);
+    copy_hymenoptera(&unknown.join("train"), &[("ants", 6), ("bees", 6)]);
+    copy_hymenoptera(&unknown.join("val"), &[("ants", 2), ("bees", 2)]);
     std::fs::create_dir_all(unknown.join("val/wasps")).unwrap();
     std::fs::copy(
         datasets().join("hymenoptera/val/bees/10870992_eebeeb3a12.jpg"),
@@ -261,7 +241,7 @@ fn bad_datasets_are_refused_clearly() {
     let file_as_out = tmp.path().join("a-file");
     std::fs::write(&file_as_out, b"x").unwrap();
     let mixed = tmp.path().join("mixed");
-    small_set(&mixed, &[("ants", 6), ("bees", 6)]);
+    copy_hymenoptera(&mixed, &[("ants", 6), ("bees", 6)]);
     let e = finetune_err(&mixed, &file_as_out.join("sub"), &[]);
     assert!(e.contains("cannot create the output directory"), "{e}");
 }
@@ -270,7 +250,7 @@ fn bad_datasets_are_refused_clearly() {
 fn mixed_files_are_ignored_and_unreadable_images_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    small_set(&data, &[("ants", 12), ("bees", 12)]);
+    copy_hymenoptera(&data, &[("ants", 12), ("bees", 12)]);
     // `serve` reads a .jfif from a folder, so training takes it too.
     let first_ant = std::fs::read_dir(data.join("ants")).unwrap().next();
     std::fs::copy(
@@ -318,7 +298,7 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
 fn heads_are_checked_before_use() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    small_set(&data, &[("ants", 10), ("bees", 10)]);
+    copy_hymenoptera(&data, &[("ants", 10), ("bees", 10)]);
     let out = tmp.path().join("out");
     let cache = tmp.path().join("c");
     ok_json(&edge_cached(

@@ -174,16 +174,6 @@ fn reconnects_after_a_broker_restart_without_losing_a_json_line() {
     );
 }
 
-/// hymenoptera/val/`class`'s images, sorted by name.
-fn val_images(class: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(val().join(class))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn changes_mode_publishes_label_changes_and_heartbeats() {
     if !mosquitto_available("changes_mode_publishes_label_changes_and_heartbeats") {
@@ -205,7 +195,10 @@ fn changes_mode_publishes_label_changes_and_heartbeats() {
     // Ants, bees, other ants, in this order (a folder is read sorted), each image three times.
     let frames = tmp.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
-    let (ants, bees) = (val_images("ants"), val_images("bees"));
+    let (ants, bees) = (
+        hymenoptera_images("val", "ants"),
+        hymenoptera_images("val", "bees"),
+    );
     let runs = [&ants[..4], &bees[..4], &ants[4..8]];
     let sequence = runs.iter().flat_map(|run| run.iter().cycle().take(12));
     for (i, image) in sequence.enumerate() {
@@ -360,7 +353,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
         assert_eq!(sha256_of(head), new_sha, "written over the head file");
         assert_eq!(
             std::fs::read(head.join("head.json.previous")).unwrap(),
-            std::fs::read(trained_head()).unwrap(),
+            std::fs::read(shared_head()).unwrap(),
             "the replaced head is kept"
         );
     }
@@ -375,7 +368,7 @@ fn heads_roll_out_to_two_boards_refusals_keep_the_head_and_rollback_works() {
         "edge-mnv2",
     )
     .unwrap();
-    let text = std::fs::read_to_string(trained_head()).unwrap();
+    let text = std::fs::read_to_string(shared_head()).unwrap();
     let wrong_sum = Payload::Inline {
         text,
         sha256: "0".repeat(64),

@@ -2,7 +2,7 @@
 //! `PUT /head`; a head with a wrong checksum, for another backbone or with other preprocessing is
 //! refused (4xx, the reason in the answer) and the running head stays; `POST /rollback` puts the
 //! previous head back; beyond loopback nothing changes without the token. The real binary, the
-//! real model, heads trained on a few hymenoptera images, on 127.0.0.1.
+//! real model, copies of the shared head (trained on hymenoptera/train), on 127.0.0.1.
 #![cfg(feature = "http")]
 
 mod common;
@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,32 +21,9 @@ use serde_json::Value;
 
 const TOKEN: &str = "rollout-token-0123456789abcdef";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A small head (8 images a class, one view, no augmentation) trained once per test binary.
-fn trained_head() -> &'static Path {
-    static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let args = [
-        "--augment",
-        "0",
-        "--epochs",
-        "20",
-        "--views",
-        "1",
-        "--no-cache",
-    ];
-    let (_, file) = HEAD.get_or_init(|| {
-        let (tmp, dir) = train_head(|t| small_hymenoptera(t, 8), &args);
-        (tmp, dir.join("head.json"))
-    });
-    file
-}
-
-/// A copy of the trained head in `dir/name/head.json`, optionally changed; returns the directory.
+/// A copy of the shared head in `dir/name/head.json`, optionally changed; returns the directory.
 fn head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
-    common::head_in(trained_head(), dir, name, change)
+    common::head_in(shared_head(), dir, name, change)
 }
 
 fn sha256_of_file(file: &Path) -> String {
@@ -88,7 +65,9 @@ impl Served {
             .args(extra)
             .arg("--source")
             .arg(shared().join("datasets/hymenoptera/val/bees"))
-            .args(["--fps", "4"])
+            // One view a frame, as the one-view head these tests had before the shared one:
+            // rollout does not depend on the views, and four would quadruple the inference load.
+            .args(["--fps", "4", "--views", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -268,7 +247,7 @@ fn push_head_over_http_installs_refuses_and_rolls_back() {
     );
 
     // A wrong checksum: 400, the reason, nothing changes.
-    let first_bytes = std::fs::read(trained_head()).unwrap();
+    let first_bytes = std::fs::read(shared_head()).unwrap();
     let zeros = "0".repeat(64);
     let (status, answer) = served.json(
         "PUT",

@@ -1,4 +1,4 @@
-//! `serve` and `capture` end to end: a head trained once on hymenoptera/train, then the service
+//! `serve` and `capture` end to end: the shared head, trained on hymenoptera/train, then the service
 //! run on the held-out val images through its JSON lines, its HTTP API and its signals.
 //! The HTTP tests need the `http` feature; the rest also run with `--no-default-features`.
 #![cfg_attr(not(feature = "http"), allow(dead_code, unused_imports))]
@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::served::Served;
@@ -20,27 +19,11 @@ fn hymenoptera() -> PathBuf {
     shared().join("datasets/hymenoptera")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A head trained once per test binary on hymenoptera/train (val stays unseen), kept in a
-/// temporary directory for the life of the binary.
-fn trained_head() -> &'static Path {
-    static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, file) = HEAD.get_or_init(|| {
-        let train = |_: &Path| hymenoptera().join("train");
-        let (tmp, dir) = train_head(train, &["--augment", "0", "--epochs", "60"]);
-        (tmp, dir.join("head.json"))
-    });
-    file
-}
-
-/// A copy of the trained head in `dir` (so a test can replace it under the running service).
+/// A copy of the shared head in `dir` (so a test can replace it under the running service).
 fn head_copy(dir: &Path) -> PathBuf {
     let d = dir.join("head");
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(trained_head(), d.join("head.json")).unwrap();
+    std::fs::copy(shared_head(), d.join("head.json")).unwrap();
     d
 }
 
@@ -102,7 +85,7 @@ fn predict_labels<'a>(
 }
 
 fn rewrite_head(path: &Path, change: impl FnOnce(&mut Head)) {
-    let mut head = Head::load(trained_head()).unwrap();
+    let mut head = Head::load(shared_head()).unwrap();
     change(&mut head);
     head.save(&path.join("head.json")).unwrap();
 }
@@ -278,7 +261,7 @@ fn serve_labels_val_images_answers_http_reloads_and_stops() {
 fn missing_camera_is_degraded_and_the_service_keeps_running() {
     let mut served = Served::start(&[
         "--head",
-        s(trained_head()),
+        s(shared_head()),
         "--source",
         "/dev/video99",
         "--listen",
@@ -325,7 +308,7 @@ fn mjpeg_stream_file_json_lines_only_bounded_run() {
     let clip = tmp.path().join("clip.mjpeg");
     std::fs::write(&clip, stream).unwrap();
     let o = edge_command()
-        .args(["serve", "--head", s(trained_head()), "--source", s(&clip)])
+        .args(["serve", "--head", s(shared_head()), "--source", s(&clip)])
         .args(["--no-http", "--frames", "6"])
         .env("EDGE_MNV2_MODELS", models_dir())
         .env_remove("RUST_LOG")
@@ -344,7 +327,7 @@ fn mjpeg_stream_file_json_lines_only_bounded_run() {
 fn threshold_turns_unsure_labels_into_unknown() {
     let bee = hymenoptera().join("val/bees/10870992_eebeeb3a12.jpg");
     let o = edge_command()
-        .args(["serve", "--head", s(trained_head()), "--source", s(&bee)])
+        .args(["serve", "--head", s(shared_head()), "--source", s(&bee)])
         .args(["--no-http", "--frames", "2", "--threshold", "1"])
         .env("EDGE_MNV2_MODELS", models_dir())
         .env_remove("RUST_LOG")

@@ -7,8 +7,7 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::served::Served;
@@ -18,19 +17,6 @@ use serde_json::Value;
 /// The README: SIGTERM/SIGINT stop the service "within a few hundred milliseconds". Measured
 /// with margin for a loaded 2-core CI machine.
 const STOP_WITHIN: Duration = Duration::from_millis(1000);
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A small head (8 images a class, no augmentation) trained once per test binary.
-fn head() -> &'static Path {
-    static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let args = ["--augment", "0", "--epochs", "20", "--no-cache"];
-    &HEAD
-        .get_or_init(|| train_head(|t| small_hymenoptera(t, 8), &args))
-        .1
-}
 
 fn bee() -> PathBuf {
     shared().join("datasets/hymenoptera/val/bees/10870992_eebeeb3a12.jpg")
@@ -43,7 +29,13 @@ fn bee() -> PathBuf {
 #[test]
 fn missing_camera_backs_off_logs_for_journald_and_stops_on_sigterm() {
     let mut r = Served::start_with(
-        &["--head", s(head()), "--source", "/dev/video99", "--no-http"],
+        &[
+            "--head",
+            s(shared_head()),
+            "--source",
+            "/dev/video99",
+            "--no-http",
+        ],
         &[("JOURNAL_STREAM", "8:12345")],
     );
     r.wait_for_log("three failed opens", Duration::from_secs(120), |l| {
@@ -89,7 +81,7 @@ fn missing_camera_backs_off_logs_for_journald_and_stops_on_sigterm() {
 #[test]
 fn without_journald_log_lines_have_timestamps() {
     let o = edge_command()
-        .args(["serve", "--head", s(head()), "--source", s(&bee())])
+        .args(["serve", "--head", s(shared_head()), "--source", s(&bee())])
         .args(["--no-http", "--frames", "1"])
         .output()
         .unwrap();
@@ -104,7 +96,13 @@ fn without_journald_log_lines_have_timestamps() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut r = Served::start_with(
-        &["--head", s(head()), "--source", s(&bee()), "--no-http"],
+        &[
+            "--head",
+            s(shared_head()),
+            "--source",
+            s(&bee()),
+            "--no-http",
+        ],
         &[],
     );
     r.wait_for_log("the source", Duration::from_secs(120), |l| {
@@ -139,7 +137,13 @@ fn systemd_ready_status_watchdog_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut r = Served::start_with(
-        &["--head", s(head()), "--source", s(&bee()), "--no-http"],
+        &[
+            "--head",
+            s(shared_head()),
+            "--source",
+            s(&bee()),
+            "--no-http",
+        ],
         &[
             ("NOTIFY_SOCKET", s(&sock_path)),
             // 1 s: pings every 500 ms.
@@ -208,7 +212,7 @@ fn systemd_ready_status_watchdog_and_stopping() {
 fn fps_paces_a_file_source_and_drops_under_load() {
     let lines = |fps: &str, frames: &str| -> Vec<Value> {
         let o = edge_command()
-            .args(["serve", "--head", s(head()), "--source", s(&bee())])
+            .args(["serve", "--head", s(shared_head()), "--source", s(&bee())])
             .args(["--no-http", "--fps", fps, "--frames", frames])
             .output()
             .unwrap();
@@ -254,7 +258,7 @@ fn config_precedence_flags_over_file_over_defaults() {
     // The head by a path relative to the file.
     let rel_head = tmp.path().join("h");
     std::fs::create_dir(&rel_head).unwrap();
-    std::fs::copy(head().join("head.json"), rel_head.join("head.json")).unwrap();
+    std::fs::copy(shared_head(), rel_head.join("head.json")).unwrap();
     std::fs::write(
         &cfg,
         format!(
@@ -274,7 +278,7 @@ fn config_precedence_flags_over_file_over_defaults() {
     };
     let label_of_bee = {
         let o = edge_command()
-            .args(["predict", "--head", s(head()), "--json", s(&bee())])
+            .args(["predict", "--head", s(shared_head()), "--json", s(&bee())])
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -295,7 +299,7 @@ fn config_precedence_flags_over_file_over_defaults() {
     // No file: the default threshold (0) labels the frame.
     let defaults = run(&[
         "--head",
-        s(head()),
+        s(shared_head()),
         "--source",
         s(&bee()),
         "--no-http",
@@ -312,7 +316,7 @@ fn config_precedence_flags_over_file_over_defaults() {
 fn a_head_made_with_other_preprocessing_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("head.json");
-    let mut h = edge_mnv2::head::Head::load(&head().join("head.json")).unwrap();
+    let mut h = edge_mnv2::head::Head::load(shared_head()).unwrap();
     h.backbone.preprocessing = format!("{}-other", h.backbone.preprocessing);
     h.save(&file).unwrap();
     let val = shared().join("datasets/hymenoptera/val");

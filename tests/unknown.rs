@@ -14,10 +14,6 @@ fn datasets() -> PathBuf {
     shared().join("datasets")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Every 40th Imagenette validation image (99, all ten classes), linked into two nested folders
 /// so the recursive search is exercised.
 fn unknown_images(dir: &Path) -> Vec<PathBuf> {

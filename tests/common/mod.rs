@@ -5,6 +5,11 @@ pub mod http_server;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod served;
+pub mod shared_head;
+
+// Most test files need no head: re-exported for those that do.
+#[allow(unused_imports)]
+pub use shared_head::shared_head;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -166,35 +171,43 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `DATA/<class>/<image>` with the first `n` images (sorted by name) of each hymenoptera/train
-/// class, copied into `dir`: a data set small enough to embed in a few seconds.
-pub fn small_hymenoptera(dir: &Path, n: usize) -> PathBuf {
-    let data = dir.join("data");
-    for class in ["ants", "bees"] {
-        let src = shared().join("datasets/hymenoptera/train").join(class);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::create_dir_all(data.join(class)).unwrap();
-        for f in &files[..n] {
-            std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
+/// The images of a hymenoptera `split` ("train" or "val") class, sorted by name.
+pub fn hymenoptera_images(split: &str, class: &str) -> Vec<PathBuf> {
+    let src = shared()
+        .join("datasets/hymenoptera")
+        .join(split)
+        .join(class);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies the first `n` images (sorted by name) of each hymenoptera/train `(class, n)` into
+/// `dir/<class>/`.
+pub fn copy_hymenoptera(dir: &Path, per_class: &[(&str, usize)]) {
+    for (class, n) in per_class {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for f in &hymenoptera_images("train", class)[..*n] {
+            std::fs::copy(f, dir.join(class).join(f.file_name().unwrap())).unwrap();
         }
     }
+}
+
+/// `DIR/data/<class>/<image>` with the first `n` images (sorted by name) of each hymenoptera/train
+/// class: a data set small enough to embed in a few seconds. Returns `DIR/data`.
+pub fn small_hymenoptera(dir: &Path, n: usize) -> PathBuf {
+    let data = dir.join("data");
+    copy_hymenoptera(&data, &[("ants", n), ("bees", n)]);
     data
 }
 
 /// The nth image (sorted by name) of a hymenoptera/train class, beyond those `small_hymenoptera`
 /// takes when `nth >= n`.
 pub fn hymenoptera_train_image(class: &str, nth: usize) -> PathBuf {
-    let src = shared().join("datasets/hymenoptera/train").join(class);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files[nth].clone()
+    hymenoptera_images("train", class)[nth].clone()
 }
 
 /// A calibration file at `path` for the default model choosing `precision` on one thread.
@@ -223,29 +236,6 @@ pub fn write_calibration(path: &Path, precision: edge_mnv2::models::Precision) {
         },
     };
     cal.save(path).unwrap();
-}
-
-/// Trains a head with `finetune DATA --out TMP/head ARGS` (DATA made by `data` inside TMP, its own
-/// embedding cache there too) and returns TMP, to keep alive, and the head's directory. Test
-/// binaries keep the result in a `OnceLock` so each trains once.
-pub fn train_head(
-    data: impl FnOnce(&Path) -> PathBuf,
-    args: &[&str],
-) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = data(tmp.path());
-    let out = tmp.path().join("head");
-    let o = edge_command()
-        .arg("finetune")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .args(args)
-        .env("EDGE_MNV2_CACHE", tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "finetune: {}", stderr(&o));
-    (tmp, out)
 }
 
 /// A copy of the head file `source` in `dir/name/head.json`, optionally changed; returns the

@@ -7,14 +7,14 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 use super::served::Served;
-use super::{s, shared, stderr, train_head};
+use super::{s, stderr};
 use edge_mnv2::head::Head;
 
 pub const USER: &str = "edge";
@@ -372,20 +372,9 @@ pub fn board_config_at(dir: &Path, board: &str, url: &str, extra: &str) -> PathB
     p
 }
 
-/// A head trained once per test binary on hymenoptera/train.
-pub fn trained_head() -> &'static Path {
-    static HEAD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, file) = HEAD.get_or_init(|| {
-        let train = |_: &Path| shared().join("datasets/hymenoptera/train");
-        let (tmp, dir) = train_head(train, &["--augment", "0", "--epochs", "30"]);
-        (tmp, dir.join("head.json"))
-    });
-    file
-}
-
-/// A copy of the trained head in `dir/name/`, optionally changed, returned as its directory.
+/// A copy of the suite's shared head in `dir/name/`, optionally changed, returned as its directory.
 pub fn trained_head_in(dir: &Path, name: &str, change: impl FnOnce(&mut Head)) -> PathBuf {
-    super::head_in(trained_head(), dir, name, change)
+    super::head_in(super::shared_head(), dir, name, change)
 }
 
 /// `serve --no-http --head HEAD --config CONFIG --source SOURCE <extra>`.
