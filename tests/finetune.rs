@@ -208,7 +208,7 @@ fn bad_datasets_are_refused_clearly() {
 
     // A class folder named like the label of rejected images, in any case, in either layout.
     let reserved = tmp.path().join("reserved");
-    small_set(&reserved, &[("ants", 6), ("bees", 6)]);
+    copy_hymenoptera(&reserved, &[("ants", 6), ("bees", 6)]);
     std::fs::rename(reserved.join("bees"), reserved.join("unknown")).unwrap();
     let e = finetune_err(&reserved, &out, &[]);
     assert!(
@@ -220,8 +220,8 @@ fn bad_datasets_are_refused_clearly() {
     );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     let reserved = tmp.path().join("reserved-split");
-    small_set(&reserved.join("train"), &[("ants", 6), ("bees", 6)]);
-    small_set(&reserved.join("test"), &[("ants", 2), ("bees", 2)]);
+    copy_hymenoptera(&reserved.join("train"), &[("ants", 6), ("bees", 6)]);
+    copy_hymenoptera(&reserved.join("test"), &[("ants", 2), ("bees", 2)]);
     for split in ["train", "test"] {
         std::fs::rename(
             reserved.join(split).join("bees"),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::backbone::EMBEDDING_DIM;
 use crate::classifier::{self, Prediction, NO_THRESHOLD};
 use crate::confidence::{self, CalibrationReport};
-use crate::dataset::{self, Sample};
+use crate::dataset::Sample;
 use crate::head::Head;
 use crate::metrics::{self, Evaluation};
 use crate::novelty::UnknownReport;

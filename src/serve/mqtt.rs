@@ -473,7 +473,8 @@ mod tests {
             novelty: None,
             probs: BTreeMap::new(),
             source: format!("{frame}.jpg"),
-            ts: 0.0,
+            // One result a second.
+            ts: 1796644476.5 + frame as f64,
         }
     }
 
@@ -523,10 +524,14 @@ mod tests {
         p.offer(&result(5, "ants"));
         p.offer(&result(6, "bees"));
         assert_eq!(queued(&p), [1, 4, 6]);
-        // Once the heartbeat has passed since the last one offered, the same label passes too.
-        lock(&p.queue).last_offered = Some(Instant::now() - heartbeat - Duration::from_millis(1));
-        p.offer(&result(7, "bees"));
-        p.offer(&result(8, "bees"));
+        // Once the heartbeat has passed since the last one published, by the results' own
+        // times, the same label passes too.
+        let mut late = result(7, "bees");
+        late.ts = result(6, "bees").ts + heartbeat.as_secs_f64();
+        p.offer(&late);
+        let mut soon = result(8, "bees");
+        soon.ts = late.ts + 59.0;
+        p.offer(&soon);
         assert_eq!(queued(&p), [1, 4, 6, 7]);
         assert_eq!(p.stats().dropped, 0);
         // `every` skips nothing.
