@@ -36,7 +36,7 @@ const LAYERS: &[&[&str]] = &[
     &["push"],
 ];
 
-const MAX_LINES: usize = 700;
+const MAX_LINES: usize = 600;
 const MAX_MAIN_LINES: usize = 250;
 
 /// The file that holds the one softmax and the one argmax.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use edge_mnv2::classifier::NO_THRESHOLD;
 use edge_mnv2::serve::auth::{self, Token};
 use edge_mnv2::serve::topics::{self, BrokerUrl, MqttSettings, PublishMode, Topics};
 use edge_mnv2::serve::{self, ServeOptions};
@@ -43,7 +44,7 @@ fn camera_settings(source: &SourceArgs) -> Result<CameraSettings> {
 /// the library's settings, then the service until it stops.
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let camera = camera_settings(&args.source)?;
-    let threshold = args.threshold.unwrap_or(0.0);
+    let threshold = args.threshold.unwrap_or(NO_THRESHOLD);
     if !(0.0..=1.0).contains(&threshold) {
         anyhow::bail!("--threshold {threshold}: must be between 0 and 1");
     }
