@@ -4,7 +4,7 @@
 //! A head is built whole, in one place: [`Head::train`] fits the layer, chooses the temperature and
 //! fits the novelty model, and returns them together; [`Head::read`] checks a file before anything
 //! sees its head. Nothing fills a field in afterwards.
-//! - this file: the head's public API (what it does, whichever file does it);
+//! - this file: the head's public API (what it does, whichever file does it), but training;
 //! - `model`: the head itself, its dense layer's arrays used in place by every prediction;
 //! - `file`: the head file, written and read (every version so far still reads);
 //! - `train`: training, from embedded images to a complete head.
@@ -21,26 +21,11 @@ pub use train::{
 };
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use crate::confidence;
 use crate::fsutil;
 
 impl Head {
-    /// Trains a complete head on embedded `train` images, with early stopping, the temperature and
-    /// the novelty threshold chosen on `val`; `on_epoch` sees each epoch's figures.
-    pub fn train(
-        backbone: BackboneRef,
-        classes: Vec<String>,
-        train: &[Example],
-        val: &[Example],
-        recipe: &Recipe,
-        cancel: &AtomicBool,
-        on_epoch: impl FnMut(&EpochStats),
-    ) -> Result<Trained, HeadError> {
-        train::train(backbone, classes, train, val, recipe, cancel, on_epoch)
-    }
-
     /// Calibrated class probabilities for one embedding.
     pub fn predict(&self, embedding: &[f32]) -> Vec<f32> {
         self.predict_views(std::slice::from_ref(&embedding.to_vec()))

@@ -63,63 +63,66 @@ pub struct Trained {
     pub temperature: TemperatureChoice,
 }
 
-/// Trains the layer on every view of the `train` images (early stopping watches the plain view
-/// of the `val` images), then chooses the temperature on all of `val`'s views (as prediction
-/// averages them) and fits the novelty model on the plain training images, its threshold keeping
-/// `recipe.keep_rate` of the validation images.
-pub(super) fn train(
-    backbone: BackboneRef,
-    classes: Vec<String>,
-    train: &[Example],
-    val: &[Example],
-    recipe: &Recipe,
-    cancel: &AtomicBool,
-    on_epoch: impl FnMut(&EpochStats),
-) -> Result<Trained, HeadError> {
-    let d = backbone.embedding_dim;
-    let every_view = train.iter().flat_map(|e| e.views.iter().map(|v| &v[..]));
-    let x_train = matrix(every_view.collect(), d);
-    let y_train: Vec<usize> = train
-        .iter()
-        .flat_map(|e| std::iter::repeat_n(e.label, e.views.len()))
-        .collect();
-    let x_val = plain_rows(val, d);
-    let y_val = labels(val);
-    let split = |x, y| Split { x, y };
-    let (dense, summary) = fit(
-        split(x_train.view(), &y_train),
-        split(x_val.view(), &y_val),
-        classes.len(),
-        &recipe.config,
-        cancel,
-        on_epoch,
-    )?;
+impl Head {
+    /// Trains a complete head: the layer on every view of the `train` images (early stopping
+    /// watches the plain view of the `val` images), then the temperature chosen on all of `val`'s
+    /// views (as prediction averages them) and the novelty model fitted on the plain training
+    /// images, its threshold keeping `recipe.keep_rate` of the validation images; `on_epoch` sees
+    /// each epoch's figures.
+    pub fn train(
+        backbone: BackboneRef,
+        classes: Vec<String>,
+        train: &[Example],
+        val: &[Example],
+        recipe: &Recipe,
+        cancel: &AtomicBool,
+        on_epoch: impl FnMut(&EpochStats),
+    ) -> Result<Trained, HeadError> {
+        let d = backbone.embedding_dim;
+        let every_view = train.iter().flat_map(|e| e.views.iter().map(|v| &v[..]));
+        let x_train = matrix(every_view.collect(), d);
+        let y_train: Vec<usize> = train
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(e.label, e.views.len()))
+            .collect();
+        let x_val = plain_rows(val, d);
+        let y_val = labels(val);
+        let split = |x, y| Split { x, y };
+        let (dense, summary) = fit(
+            split(x_train.view(), &y_train),
+            split(x_val.view(), &y_val),
+            classes.len(),
+            &recipe.config,
+            cancel,
+            on_epoch,
+        )?;
 
-    let logits: Vec<Vec<Vec<f32>>> = val.iter().map(|e| dense.view_logits(e.views)).collect();
-    let temperature = confidence::choose_temperature(&logits, &y_val);
-    let mut novelty = Novelty::fit(
-        &plain_rows(train, d),
-        &labels(train),
-        classes.len(),
-        recipe.config.seed,
-    );
-    let known = novelty.scores(&x_val);
-    novelty.set_threshold(&known, recipe.keep_rate);
+        let logits: Vec<Vec<Vec<f32>>> = val.iter().map(|e| dense.view_logits(e.views)).collect();
+        let temperature = confidence::choose_temperature(&logits, &y_val);
+        let mut novelty = Novelty::fit(
+            &plain_rows(train, d),
+            &labels(train),
+            classes.len(),
+            recipe.config.seed,
+        );
+        let known = novelty.scores(&x_val);
+        novelty.set_threshold(&known, recipe.keep_rate);
 
-    let head = Head {
-        backbone,
-        classes,
-        dense,
-        config: recipe.config.clone(),
-        temperature: temperature.temperature,
-        views: recipe.views,
-        novelty: Some(novelty),
-    };
-    Ok(Trained {
-        head,
-        summary,
-        temperature,
-    })
+        let head = Head {
+            backbone,
+            classes,
+            dense,
+            config: recipe.config.clone(),
+            temperature: temperature.temperature,
+            views: recipe.views,
+            novelty: Some(novelty),
+        };
+        Ok(Trained {
+            head,
+            summary,
+            temperature,
+        })
+    }
 }
 
 fn labels(examples: &[Example]) -> Vec<usize> {
@@ -144,15 +147,17 @@ struct Params {
     b: Array1<f32>,
 }
 
-fn probabilities(x: &ArrayView2<f32>, p: &Params) -> Array2<f32> {
-    let mut z = x.dot(&p.w) + &p.b;
+/// softmax(x·W + b), one row per row of `x`: the forward pass that evaluation, the loss and its
+/// gradients share.
+fn probabilities(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
+    let mut z = x.dot(&w) + b;
     softmax_rows(&mut z);
     z
 }
 
 /// (weighted mean cross-entropy, accuracy) of `p` on `x`, `y`.
 fn evaluate(x: &ArrayView2<f32>, y: &[usize], weights: &[f32], p: &Params) -> (f32, f32) {
-    let probs = probabilities(x, p);
+    let probs = probabilities(x.view(), p.w.view(), p.b.view());
     let mut loss = 0.0f64;
     let mut wsum = 0.0f64;
     let mut correct = 0;
@@ -181,8 +186,7 @@ pub fn batch_loss(
     b: ArrayView1<f32>,
     weight_decay: f32,
 ) -> f64 {
-    let mut z = x.dot(&w) + b;
-    softmax_rows(&mut z);
+    let z = probabilities(x, w, b);
     let ce: f64 = y
         .iter()
         .enumerate()
@@ -201,8 +205,7 @@ pub fn batch_gradients(
     b: ArrayView1<f32>,
     weight_decay: f32,
 ) -> (Array2<f32>, Array1<f32>) {
-    let mut g = x.dot(&w) + b;
-    softmax_rows(&mut g);
+    let mut g = probabilities(x, w, b);
     // d(loss)/d(logits) = w_y (softmax - onehot) / batch
     for (r, &yr) in y.iter().enumerate() {
         let cw = class_weights[yr] / y.len() as f32;
