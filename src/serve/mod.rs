@@ -431,6 +431,7 @@ mod tests {
             head,
             path: "head.json".into(),
             sha256: "0".repeat(64),
+            bytes: Vec::new(),
         };
         Service::new(backbone, file, &opts)
     }

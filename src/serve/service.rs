@@ -397,7 +397,9 @@ impl Service {
     ) -> Result<HeadChange, RolloutError> {
         let result = rollout::check_sha256(bytes, expected_sha256).and_then(|()| {
             let _one_at_a_time = lock(&self.reload_lock);
-            let new = rollout::install_file(&self.head_path, &self.backbone, bytes)?;
+            let running = self.head();
+            let new =
+                rollout::install_file(&self.head_path, &self.backbone, bytes, &running.bytes)?;
             Ok(self.swap_in(new))
         });
         self.record_rollout(Action::Install, &result);
@@ -409,7 +411,8 @@ impl Service {
     pub fn rollback(&self) -> Result<HeadChange, RolloutError> {
         let result = {
             let _one_at_a_time = lock(&self.reload_lock);
-            rollout::roll_back_file(&self.head_path, &self.backbone).map(|new| self.swap_in(new))
+            rollout::roll_back_file(&self.head_path, &self.backbone, &self.head().bytes)
+                .map(|new| self.swap_in(new))
         };
         self.record_rollout(Action::Rollback, &result);
         result
