@@ -330,7 +330,10 @@ mod tests {
             refused(&["ants", "../../etc/passwd"]),
             "class 1's name contains '/' (a class is one folder)"
         );
-        assert_eq!(refused(&["..", "bees"]), "class 0's name '..' is not a folder name");
+        assert_eq!(
+            refused(&["..", "bees"]),
+            "class 0's name '..' is not a folder name"
+        );
         assert_eq!(
             refused(&["ants", "be\tes"]),
             "class 1's name contains the control character U+0009"

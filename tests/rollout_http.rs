@@ -404,8 +404,14 @@ fn hostile_heads_are_refused_by_field_without_a_server_path() {
         move |h: &mut Head| h.classes[1] = n
     };
     let long = "b".repeat(1 << 20);
-    type Change = Box<dyn FnOnce(&mut Head)>;
-    let cases: Vec<(&str, Change, Option<(&str, &str)>, &str)> = vec![
+    /// A case's name, how its head is changed, the edit to its payload's text, the refusal.
+    type Case<'a> = (
+        &'a str,
+        Box<dyn FnOnce(&mut Head)>,
+        Option<(&'a str, &'a str)>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "zero-std",
             Box::new(|h| h.dense.std.fill(0.0)),
@@ -541,7 +547,10 @@ fn rollback_restores_the_head_that_ran_not_the_file_on_disk() {
     let refused = |log: &str| log.matches("head reload refused").count();
     let before = refused(&served.log());
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
+        0
+    );
     let end = Instant::now() + Duration::from_secs(20);
     while refused(&served.log()) == before {
         assert!(Instant::now() < end, "no refused reload:\n{}", served.log());

@@ -319,11 +319,14 @@ fn a_source_of_no_image_backs_off_and_is_degraded() {
             (code == 503).then_some((code, body))
         });
         let h = json_of(&body);
-        assert_eq!((code, &h["status"]), (503, &Value::from("degraded")), "{body}");
+        assert_eq!(
+            (code, &h["status"]),
+            (503, &Value::from("degraded")),
+            "{body}"
+        );
         let reason = h["reason"].as_str().unwrap();
         assert!(
-            reason.contains("frames could not be classified (last: ")
-                && reason.contains(s(source)),
+            reason.contains("frames could not be classified (last: ") && reason.contains(s(source)),
             "{reason}"
         );
         assert_eq!(h["frames"], 0);

@@ -294,12 +294,20 @@ mod tests {
             .head;
         change(&mut head);
         let text = String::from_utf8(head.to_file_bytes().unwrap()).unwrap();
-        let payload = text.split_once('\n').unwrap().1.trim_end().replace(edit.0, edit.1);
+        let payload = text
+            .split_once('\n')
+            .unwrap()
+            .1
+            .trim_end()
+            .replace(edit.0, edit.1);
         let header = format!(
             r#"{{"format":"edge-mnv2-head","version":2,"payload_sha256":"{}"}}"#,
             hex::encode(Sha256::digest(payload.as_bytes()))
         );
-        Head::parse(format!("{header}\n{payload}\n").into_bytes(), "b/head.json".into())
+        Head::parse(
+            format!("{header}\n{payload}\n").into_bytes(),
+            "b/head.json".into(),
+        )
     }
 
     #[test]

@@ -56,7 +56,12 @@ impl FrameFailures {
     /// Records that frame `name` failed with `error` at `now`.
     pub fn failed(&mut self, name: &str, error: &str, now: Instant) -> Failed {
         self.in_a_row += 1;
-        self.last = format!("{name}: {error}");
+        // Decode errors name their frame already.
+        self.last = if error.starts_with(name) {
+            error.to_string()
+        } else {
+            format!("{name}: {error}")
+        };
         let wait = self.backoff.next_wait();
         let due = self
             .last_warning
@@ -141,6 +146,9 @@ mod tests {
         f.succeeded();
         assert_eq!(f.degraded(), None);
         let again = f.failed("d.jpg", "truncated", at(62_000));
-        assert_eq!((again.wait, again.warning), (Duration::from_millis(10), None));
+        assert_eq!(
+            (again.wait, again.warning),
+            (Duration::from_millis(10), None)
+        );
     }
 }

@@ -486,7 +486,15 @@ mod tests {
         });
         // Waits of 10, 20, ... 1280 ms: 2.55 s for the first 9 failures.
         let status = svc.status_line();
-        let failed: u64 = status.split(", ").nth(2).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let failed: u64 = status
+            .split(", ")
+            .nth(2)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((5..=10).contains(&failed), "{status}");
         assert!(status.contains("source degraded: the last"), "{status}");
         let health = svc.health();
