@@ -78,6 +78,89 @@ pub fn is_reserved_class(name: &str) -> bool {
     name.eq_ignore_ascii_case(UNKNOWN_LABEL)
 }
 
+/// The longest class name, in bytes. A name is written into every result (each JSON line's
+/// `probs` names every class), every metric series and every MQTT message, so its length
+/// multiplies; 64 bytes holds any descriptive label (ImageNet's are under 40) and keeps a
+/// 100-class line under 10 KB, well below Home Assistant's 255-character state.
+pub const MAX_CLASS_NAME_BYTES: usize = 64;
+
+/// Why a name cannot be a class's: [`check_class_name`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClassNameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes long (at most {MAX_CLASS_NAME_BYTES})")]
+    TooLong(usize),
+    #[error("contains a newline")]
+    Newline,
+    #[error("contains the control character U+{0:04X}")]
+    Control(u32),
+    #[error("contains '/' (a class is one folder)")]
+    Slash,
+    #[error("'{0}' is not a folder name")]
+    Dots(String),
+    #[error("'{0}' is reserved: rejected images are labelled '{UNKNOWN_LABEL}'")]
+    Reserved(String),
+}
+
+/// The one rule for class names, for the folders `finetune` trains on and the heads every
+/// command loads: a name that prints as one line in results, metrics and logs, can be a folder
+/// (`capture` and the training layout make it one), is not empty, not over
+/// [`MAX_CLASS_NAME_BYTES`], and is not [`UNKNOWN_LABEL`] ([`is_reserved_class`]).
+pub fn check_class_name(name: &str) -> Result<(), ClassNameError> {
+    if name.is_empty() {
+        return Err(ClassNameError::Empty);
+    }
+    if name.len() > MAX_CLASS_NAME_BYTES {
+        return Err(ClassNameError::TooLong(name.len()));
+    }
+    if name.contains('\n') {
+        return Err(ClassNameError::Newline);
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(ClassNameError::Control(u32::from(c)));
+    }
+    if name.contains('/') {
+        return Err(ClassNameError::Slash);
+    }
+    if name == "." || name == ".." {
+        return Err(ClassNameError::Dots(name.into()));
+    }
+    if is_reserved_class(name) {
+        return Err(ClassNameError::Reserved(name.into()));
+    }
+    Ok(())
+}
+
+/// Why a head's list of class names is refused, naming the class by its index in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClassNamesError {
+    #[error("class {index}'s name {error}")]
+    Name { index: usize, error: ClassNameError },
+    /// Two results, metric series or MQTT states would be indistinguishable.
+    #[error("class {index}'s name is also class {first}'s ('{name}')")]
+    Duplicate {
+        index: usize,
+        first: usize,
+        name: String,
+    },
+}
+
+/// Every name passes [`check_class_name`], and no two are the same.
+pub fn check_class_names(classes: &[String]) -> Result<(), ClassNamesError> {
+    for (index, name) in classes.iter().enumerate() {
+        check_class_name(name).map_err(|error| ClassNamesError::Name { index, error })?;
+        if let Some(first) = classes[..index].iter().position(|c| c == name) {
+            return Err(ClassNamesError::Duplicate {
+                index,
+                first,
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub label: String,
@@ -218,6 +301,50 @@ mod tests {
         }
         for name in ["unknowns", "not unknown", "ants"] {
             assert!(!is_reserved_class(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn class_names_print_as_one_line_fit_a_folder_and_are_unique() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let refused = |v: &[&str]| check_class_names(&names(v)).unwrap_err().to_string();
+        assert_eq!(refused(&["ants", ""]), "class 1's name is empty");
+        assert_eq!(
+            refused(&["ants", "bees\nedge_mnv2_frames_total 1e9"]),
+            "class 1's name contains a newline"
+        );
+        assert_eq!(
+            refused(&["ants", "bees", "ants"]),
+            "class 2's name is also class 0's ('ants')"
+        );
+        let long = "x".repeat(1 << 20);
+        assert_eq!(
+            refused(&["ants", &long]),
+            "class 1's name is 1048576 bytes long (at most 64)"
+        );
+        assert_eq!(
+            refused(&["unknown", "bees"]),
+            "class 0's name 'unknown' is reserved: rejected images are labelled 'unknown'"
+        );
+        assert_eq!(
+            refused(&["ants", "../../etc/passwd"]),
+            "class 1's name contains '/' (a class is one folder)"
+        );
+        assert_eq!(
+            refused(&["..", "bees"]),
+            "class 0's name '..' is not a folder name"
+        );
+        assert_eq!(
+            refused(&["ants", "be\tes"]),
+            "class 1's name contains the control character U+0009"
+        );
+        let longest = "é".repeat(MAX_CLASS_NAME_BYTES / 2);
+        for ok in [
+            &["ants", "bees"][..],
+            &["n01440764", "golden retriever", "café \"quoted\""],
+            &["Ants", "ants", &longest],
+        ] {
+            assert_eq!(check_class_names(&names(ok)), Ok(()), "{ok:?}");
         }
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::augment::AugmentParams;
 use crate::backbone::Backbone;
-use crate::classifier::{backbone_ref, is_reserved_class, UNKNOWN_LABEL};
+use crate::classifier::{backbone_ref, check_class_name, ClassNameError, UNKNOWN_LABEL};
 use crate::confidence::{CalibrationReport, TemperatureChoice};
 use crate::dataset::{Dataset, Sample, SplitFractions};
 use crate::discover;
@@ -264,11 +264,22 @@ pub fn finetune(
         );
     }
     let ds = Dataset::open(&opts.data, opts.split)?;
-    if let Some(class) = ds.classes.iter().find(|c| is_reserved_class(c)) {
-        bail!(
-            "{}: a class cannot be named '{class}': rejected images are labelled '{UNKNOWN_LABEL}'; rename the folder",
-            ds.class_dir(class).display()
-        );
+    for class in &ds.classes {
+        match check_class_name(class) {
+            Ok(()) => {}
+            Err(ClassNameError::Reserved(_)) => bail!(
+                "{}: a class cannot be named '{class}': rejected images are labelled '{UNKNOWN_LABEL}'; rename the folder",
+                ds.class_dir(class).display()
+            ),
+            // Quoted: a name with a newline or a control character would break the line.
+            Err(e) => bail!(
+                "{}: the class folder {class:?} {e}; rename the folder",
+                ds.class_dir(class)
+                    .parent()
+                    .unwrap_or(&ds.root)
+                    .display()
+            ),
+        }
     }
     prepare_out_dir(&opts.out)?;
     for note in &ds.notes {

@@ -7,15 +7,16 @@
 //! - a TFLite backbone runs in the precision asked for, else the one this board's calibration
 //!   chose for that very file (with its thread count), else int8 (`Precision::REFERENCE`) on
 //!   one thread;
-//! - a head is checked against the backbone it will run on before anything is classified.
+//! - a head is checked against the backbone it will run on before anything is classified, and its
+//!   class names against the one rule for them (`classifier::check_class_names`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::backbone::Backbone;
 use crate::calibration;
-use crate::classifier::{check_compatible, Classifier};
+use crate::classifier::{check_class_names, check_compatible, Classifier};
 use crate::head::{Head, HeadFile};
 use crate::models::{self, Manifest, ModelFormat, Precision, ResolvedModel};
 
@@ -90,7 +91,7 @@ pub fn classifier(head: &Path, choice: &BackboneChoice) -> Result<Classifier> {
 /// As [`classifier`], keeping the head's file and checksum (what the service names a head by);
 /// the head file is read once.
 pub fn head_and_backbone(head: &Path, choice: &BackboneChoice) -> Result<(HeadFile, Backbone)> {
-    let head = Head::read(head)?;
+    let head = self::head(head)?;
     let backbone = backbone(&for_head(&head, choice), false)?;
     check_compatible(&head.head, &backbone).with_context(|| format!("{}", head.path.display()))?;
     Ok((head, backbone))
@@ -112,8 +113,26 @@ fn for_head(head: &HeadFile, choice: &BackboneChoice) -> BackboneChoice {
 /// Reads a head (a file, or the directory finetune wrote it to) for a backbone that is already
 /// running: what a service reload swaps in.
 pub fn head_for(path: &Path, backbone: &Backbone) -> Result<HeadFile> {
-    let head = Head::read(path)?;
+    let head = head(path)?;
     check_compatible(&head.head, backbone).with_context(|| format!("{}", head.path.display()))?;
+    Ok(head)
+}
+
+/// Reads a head (a file, or the directory finetune wrote it to) with every check that does not
+/// need its backbone: the file's own ([`Head::read`]) and its class names'.
+pub fn head(path: &Path) -> Result<HeadFile> {
+    let head = Head::read(path)?;
+    check_class_names(&head.head.classes).with_context(|| format!("{}", head.path.display()))?;
+    Ok(head)
+}
+
+/// A head delivered as bytes (a rollout) that is to live at `path`, for a backbone that is
+/// already running: every check [`head_for`] makes, its errors naming what is wrong and not
+/// where anything is kept (the service answers them to whoever sent the head).
+pub fn head_from_bytes(bytes: Vec<u8>, path: PathBuf, backbone: &Backbone) -> Result<HeadFile> {
+    let head = Head::parse(bytes, path).map_err(|e| anyhow!(e.reason()))?;
+    check_class_names(&head.head.classes)?;
+    check_compatible(&head.head, backbone)?;
     Ok(head)
 }
 

@@ -237,6 +237,20 @@ fn bad_datasets_are_refused_clearly() {
         )),
         "{e}"
     );
+    // The rule every head's class names follow: a folder name with a newline would print as two
+    // lines in every result and metric.
+    let newline = tmp.path().join("newline");
+    copy_hymenoptera(&newline, &[("ants", 6), ("bees", 6)]);
+    std::fs::rename(newline.join("bees"), newline.join("be\nes")).unwrap();
+    let e = finetune_err(&newline, &out, &[]);
+    assert!(
+        e.contains(&format!(
+            "{}: the class folder \"be\\nes\" contains a newline; rename the folder",
+            newline.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
 
     let file_as_out = tmp.path().join("a-file");
     std::fs::write(&file_as_out, b"x").unwrap();
@@ -353,6 +367,22 @@ fn heads_are_checked_before_use() {
         "{}",
         stderr(&o)
     );
+    // Heads whose sizes are right but whose values or class names would break every answer.
+    let zero_std = head_in(&head, tmp.path(), "zero-std", |h| h.dense.std.fill(0.0));
+    let newline = head_in(&head, tmp.path(), "newline", |h| {
+        h.classes[1] = "be\nes".into()
+    });
+    for (hostile, reason) in [
+        (zero_std, "std[0] is 0 (must be a number above 0)"),
+        (newline, "class 1's name contains a newline"),
+    ] {
+        let o = edge_cached(&["predict", "--head", s(&hostile), s(&img)], &cache);
+        assert_eq!(o.status.code(), Some(1));
+        let e = stderr(&o);
+        let file = hostile.join("head.json");
+        assert!(e.contains(&format!("{}: {reason}", file.display())), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
     let o = edge_cached(&["evaluate", "--head", s(&img), s(&data)], &cache);
     assert_eq!(o.status.code(), Some(1));
     assert!(

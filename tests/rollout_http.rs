@@ -375,6 +375,196 @@ fn push_head_sends_the_token_only_over_https_or_to_this_machine() {
     }
 }
 
+/// `dir/head.json` with `from` replaced by `to` in its payload and the payload's checksum
+/// recomputed: how a value JSON cannot carry from a `Head` (an overflowing number) gets in.
+fn edit_payload(dir: &Path, from: &str, to: &str) {
+    use sha2::Digest;
+    let file = dir.join("head.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let payload = text.split_once('\n').unwrap().1.trim_end();
+    assert!(payload.contains(from), "{from} not in the payload");
+    let payload = payload.replacen(from, to, 1);
+    let mut header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    header["payload_sha256"] = hex::encode(sha2::Sha256::digest(payload.as_bytes())).into();
+    std::fs::write(&file, format!("{header}\n{payload}\n")).unwrap();
+}
+
+/// Heads with every size right that would break results, metrics or logs: each refused over
+/// HTTP (409) with what is wrong in it by field or class, and without the server's paths (the
+/// body is checked in a temporary file beside the head file).
+#[test]
+fn hostile_heads_are_refused_by_field_without_a_server_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = token_file(tmp.path());
+    let board = head_in(tmp.path(), "board", |_| {});
+    let first = sha256_of(&board);
+    let served = Served::start(&board, "127.0.0.1:0", &token, &[]);
+    let name = |n: &str| {
+        let n = n.to_string();
+        move |h: &mut Head| h.classes[1] = n
+    };
+    let long = "b".repeat(1 << 20);
+    /// A case's name, how its head is changed, the edit to its payload's text, the refusal.
+    type Case<'a> = (
+        &'a str,
+        Box<dyn FnOnce(&mut Head)>,
+        Option<(&'a str, &'a str)>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "zero-std",
+            Box::new(|h| h.dense.std.fill(0.0)),
+            None,
+            "std[0] is 0 (must be a number above 0)",
+        ),
+        (
+            "newline",
+            Box::new(name("bees\nedge_mnv2_frames_total 1e9")),
+            None,
+            "class 1's name contains a newline",
+        ),
+        (
+            "duplicate",
+            Box::new(|h| h.classes[1] = h.classes[0].clone()),
+            None,
+            "class 1's name is also class 0's ('ants')",
+        ),
+        (
+            "long",
+            Box::new(name(&long)),
+            None,
+            "class 1's name is 1048576 bytes long (at most 64)",
+        ),
+        ("empty", Box::new(name("")), None, "class 1's name is empty"),
+        (
+            "unknown",
+            Box::new(name("unknown")),
+            None,
+            "class 1's name 'unknown' is reserved: rejected images are labelled 'unknown'",
+        ),
+        (
+            "path",
+            Box::new(name("../../etc/passwd")),
+            None,
+            "class 1's name contains '/' (a class is one folder)",
+        ),
+        (
+            "temperature",
+            Box::new(|h| h.temperature = 0.0),
+            None,
+            "temperature is 0 (must be a number above 0)",
+        ),
+        (
+            "infinite-weight",
+            Box::new(|h| h.dense.weights[[0, 0]] = 12345.0),
+            Some(("12345.0", "1e39")),
+            "weights[0] is inf (must be a finite number)",
+        ),
+        // JSON has no NaN: written, it is `null`, which no array of numbers reads.
+        (
+            "nan-weight",
+            Box::new(|h| h.dense.weights[[0, 1]] = f32::NAN),
+            None,
+            "corrupt head file: invalid type: null, expected f32",
+        ),
+    ];
+    for (case, change, edit, expected) in cases {
+        let dir = head_in(tmp.path(), case, change);
+        if let Some((from, to)) = edit {
+            edit_payload(&dir, from, to);
+        }
+        let (status, answer) = served.json(
+            "PUT",
+            &format!("/head?sha256={}", sha256_of(&dir)),
+            Some(TOKEN),
+            &std::fs::read(dir.join("head.json")).unwrap(),
+        );
+        assert_eq!(status, 409, "{case}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(&format!("head refused: {expected}")),
+            "{case}: {error}"
+        );
+        let root = tmp.path().to_str().unwrap();
+        assert!(
+            !error.contains(root) && !error.contains(".tmp") && error.len() < 200,
+            "{case}: {error}"
+        );
+        assert_eq!(answer["sha256"], first.as_str(), "{case}");
+    }
+    assert_eq!(sha256_of(&board), first);
+    assert!(!board.join("head.json.previous").exists());
+    assert_eq!(served.health()["head"]["sha256"], first.as_str());
+    assert_eq!(
+        served.metric("edge_mnv2_head_rollouts_total{result=\"refused\"}"),
+        "10"
+    );
+}
+
+/// What `POST /rollback` puts back is the head that ran before the install, by its bytes, not
+/// whatever the head file held: a file copied in without a reload, or one whose reload was
+/// refused, never ran and is not what an install replaced.
+#[test]
+fn rollback_restores_the_head_that_ran_not_the_file_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = token_file(tmp.path());
+    let board = head_in(tmp.path(), "board", |_| {});
+    let first = sha256_of(&board);
+    let served = Served::start(&board, "127.0.0.1:0", &token, &[]);
+    served.wait_latest_from(&first);
+    let new = head_in(tmp.path(), "new", |h| {
+        h.classes = vec!["fourmis".into(), "abeilles".into()]
+    });
+    let new_sha = sha256_of(&new);
+    let new_bytes = std::fs::read(new.join("head.json")).unwrap();
+    let install = |bytes: &[u8], sha: &str| {
+        let (status, answer) =
+            served.json("PUT", &format!("/head?sha256={sha}"), Some(TOKEN), bytes);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+
+    // A different head copied over the file, never reloaded; then an install.
+    let copied = head_in(tmp.path(), "copied", |h| {
+        h.classes = vec!["formiche".into(), "api".into()]
+    });
+    std::fs::copy(copied.join("head.json"), board.join("head.json")).unwrap();
+    let answer = install(&new_bytes, &new_sha);
+    assert_eq!(answer["previous"], first.as_str());
+    assert_eq!(sha256_of_file(&board.join("head.json.previous")), first);
+    let (status, answer) = served.json("POST", "/rollback", Some(TOKEN), b"");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["sha256"], first.as_str(), "{answer}");
+    assert_eq!(answer["previous"], new_sha.as_str());
+    assert_eq!(served.health()["head"]["sha256"], first.as_str());
+    served.wait_latest_from(&first);
+    assert_eq!(sha256_of(&board), first);
+    assert_eq!(sha256_of_file(&board.join("head.json.previous")), new_sha);
+
+    // A corrupt file whose reload (SIGHUP) was refused; then an install and a rollback.
+    std::fs::write(board.join("head.json"), b"{\"format\":\"edge-mnv2-head\"").unwrap();
+    let refused = |log: &str| log.matches("head reload refused").count();
+    let before = refused(&served.log());
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while refused(&served.log()) == before {
+        assert!(Instant::now() < end, "no refused reload:\n{}", served.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = install(&new_bytes, &new_sha);
+    assert_eq!(answer["previous"], first.as_str());
+    let (status, answer) = served.json("POST", "/rollback", Some(TOKEN), b"");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["sha256"], first.as_str(), "{answer}");
+    served.wait_latest_from(&first);
+    assert_eq!(sha256_of(&board), first);
+}
+
 /// Serves `bytes` to every GET on a free 127.0.0.1 port (plain http is allowed on loopback);
 /// returns the URL of the file and how many times it was fetched.
 fn file_server(bytes: Vec<u8>) -> (String, Arc<Mutex<usize>>) {

@@ -291,6 +291,65 @@ fn missing_camera_is_degraded_and_the_service_keeps_running() {
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
 }
 
+/// A folder of files that are no images, and a file that is none (`/etc/passwd`): every frame
+/// fails, and the service neither spins nor floods its log (one warning, then at most one a
+/// minute) while `/healthz` says it is degraded, and why.
+#[cfg(feature = "http")]
+#[test]
+fn a_source_of_no_image_backs_off_and_is_degraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("a.jpg"), b"not a jpeg").unwrap();
+    std::fs::write(broken.join("b.png"), b"\x89PNG\r\n\x1a\n").unwrap();
+    let passwd = tmp.path().join("passwd");
+    std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    for source in [&broken, &passwd] {
+        let mut served = Served::start(&[
+            "--head",
+            s(shared_head()),
+            "--source",
+            s(source),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let addr = served.addr();
+        let (code, body) = served.wait_for("degraded health", Duration::from_secs(10), |_| {
+            let (code, body) = http(&addr, "GET", "/healthz", b"");
+            (code == 503).then_some((code, body))
+        });
+        let h = json_of(&body);
+        assert_eq!(
+            (code, &h["status"]),
+            (503, &Value::from("degraded")),
+            "{body}"
+        );
+        let reason = h["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("frames could not be classified (last: ") && reason.contains(s(source)),
+            "{reason}"
+        );
+        assert_eq!(h["frames"], 0);
+        // Waits of 10 ms doubling: 9 frames in the first 2.55 s, one more at 5.1 s.
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, metrics) = http(&addr, "GET", "/metrics", b"");
+        let errors: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("edge_mnv2_frame_errors_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((5..=12).contains(&errors), "{errors} frames failed");
+        let (took, code) = served.terminate();
+        let log = served.log();
+        assert_eq!(code, Some(0), "{log}");
+        assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+        let warnings = log.lines().filter(|l| l.contains("skipped")).count();
+        assert_eq!(warnings, 1, "{log}");
+        assert!(log.lines().count() < 15, "{log}");
+    }
+}
+
 /// A bounded run without HTTP: an MJPEG stream file of three val images, looped.
 #[test]
 fn mjpeg_stream_file_json_lines_only_bounded_run() {

@@ -100,13 +100,15 @@ pub(super) fn to_bytes(head: &Head) -> anyhow::Result<Vec<u8>> {
     Ok(format!("{}\n{payload}\n", serde_json::to_string(&header)?).into_bytes())
 }
 
-/// A head as read from its file: where it came from and the checksum of the file's bytes (what
-/// the service's health, logs and reloads name a head by).
+/// A head as read from its file: where it came from, the checksum of the file's bytes (what
+/// the service's health, logs and reloads name a head by) and the bytes themselves (what a
+/// service keeps of the head it runs, to roll back to it whatever the file on disk became).
 #[derive(Debug, Clone)]
 pub struct HeadFile {
     pub head: Head,
     pub path: PathBuf,
     pub sha256: String,
+    pub bytes: Vec<u8>,
 }
 
 /// The head file a `--head` argument names: the file itself, or `DIR/head.json`.
@@ -141,9 +143,9 @@ pub(super) fn parse(bytes: Vec<u8>, path: PathBuf) -> Result<HeadFile, HeadError
         reason,
     };
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let text = String::from_utf8(bytes)
+    let text = std::str::from_utf8(&bytes)
         .map_err(|_| fail("not an edge-mnv2 head file (not text)".into()))?;
-    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
     let header: FileHeader =
         serde_json::from_str(first).map_err(|_| fail("not an edge-mnv2 head file".into()))?;
     if header.format != HEAD_FORMAT {
@@ -173,13 +175,13 @@ pub(super) fn parse(bytes: Vec<u8>, path: PathBuf) -> Result<HeadFile, HeadError
         || p.bias.len() != c
         || d != p.backbone.embedding_dim
         || c < 2
-        || !(p.temperature.is_finite() && p.temperature > 0.0)
         || p.novelty
             .as_ref()
             .is_some_and(|n| n.per_class.len() != c || n.dim() != d)
     {
         return Err(inconsistent());
     }
+    check_values(&p).map_err(fail)?;
     let dense = Dense {
         mean: Array1::from(p.mean),
         std: Array1::from(p.std),
@@ -195,7 +197,46 @@ pub(super) fn parse(bytes: Vec<u8>, path: PathBuf) -> Result<HeadFile, HeadError
         views: p.views,
         novelty: p.novelty,
     };
-    Ok(HeadFile { head, path, sha256 })
+    Ok(HeadFile {
+        head,
+        path,
+        sha256,
+        bytes,
+    })
+}
+
+/// What the arrays mean, beyond their sizes: every value finite (one NaN or infinity makes every
+/// probability NaN, which results print as `null`), the standard deviations and the temperature
+/// above 0 (they divide). Names the first value that is not, as its field and flat index.
+fn check_values(p: &PayloadIn) -> Result<(), String> {
+    let arrays: [(&str, &[f32], bool); 4] = [
+        ("mean", &p.mean, false),
+        ("std", &p.std, true),
+        ("weights", &p.weights, false),
+        ("bias", &p.bias, false),
+    ];
+    for (field, values, positive) in arrays {
+        if let Some(i) = values.iter().position(|&v| !acceptable(v, positive)) {
+            return Err(refusal(&format!("{field}[{i}]"), values[i], positive));
+        }
+    }
+    if !acceptable(p.temperature, true) {
+        return Err(refusal("temperature", p.temperature, true));
+    }
+    Ok(())
+}
+
+fn acceptable(v: f32, positive: bool) -> bool {
+    v.is_finite() && (!positive || v > 0.0)
+}
+
+fn refusal(field: &str, v: f32, positive: bool) -> String {
+    let rule = if positive {
+        "must be a number above 0"
+    } else {
+        "must be a finite number"
+    };
+    format!("{field} is {v} ({rule})")
 }
 
 #[cfg(test)]
@@ -242,6 +283,78 @@ mod tests {
             .unwrap()
             .head;
         assert_eq!(back.dense, head.dense);
+    }
+
+    /// The version-1 head with `change` made to it, as a file whose payload then has `edit` made
+    /// to its text (with the checksum recomputed): how values JSON cannot carry from a `Head`
+    /// (an overflowing number) get into a file.
+    fn hostile(change: impl FnOnce(&mut Head), edit: (&str, &str)) -> Result<HeadFile, HeadError> {
+        let mut head = Head::parse(V1_FILE.as_bytes().to_vec(), "h".into())
+            .unwrap()
+            .head;
+        change(&mut head);
+        let text = String::from_utf8(head.to_file_bytes().unwrap()).unwrap();
+        let payload = text
+            .split_once('\n')
+            .unwrap()
+            .1
+            .trim_end()
+            .replace(edit.0, edit.1);
+        let header = format!(
+            r#"{{"format":"edge-mnv2-head","version":2,"payload_sha256":"{}"}}"#,
+            hex::encode(Sha256::digest(payload.as_bytes()))
+        );
+        Head::parse(
+            format!("{header}\n{payload}\n").into_bytes(),
+            "b/head.json".into(),
+        )
+    }
+
+    #[test]
+    fn values_that_break_every_answer_are_refused_by_field() {
+        let refused = |change: fn(&mut Head), edit| hostile(change, edit).unwrap_err().to_string();
+        let none = ("", "");
+        assert_eq!(
+            refused(|h| h.dense.std[1] = 0.0, none),
+            "b/head.json: std[1] is 0 (must be a number above 0)"
+        );
+        assert_eq!(
+            refused(|h| h.dense.std.fill(0.0), none),
+            "b/head.json: std[0] is 0 (must be a number above 0)"
+        );
+        assert_eq!(
+            refused(|h| h.dense.std[0] = -1.0, none),
+            "b/head.json: std[0] is -1 (must be a number above 0)"
+        );
+        assert_eq!(
+            refused(|h| h.temperature = 0.0, none),
+            "b/head.json: temperature is 0 (must be a number above 0)"
+        );
+        // f32 overflows to infinity as it is read; a NaN has no JSON spelling (see below).
+        assert_eq!(
+            refused(|h| h.dense.weights[[1, 0]] = 7.25, ("7.25", "1e39")),
+            "b/head.json: weights[2] is inf (must be a finite number)"
+        );
+        assert_eq!(
+            refused(|h| h.dense.mean[1] = 7.25, ("7.25", "-1e39")),
+            "b/head.json: mean[1] is -inf (must be a finite number)"
+        );
+        assert_eq!(
+            refused(|h| h.dense.bias[1] = 7.25, ("7.25", "1e39")),
+            "b/head.json: bias[1] is inf (must be a finite number)"
+        );
+        // Sizes are still checked (and named) as before.
+        assert!(refused(|h| h.dense.bias[1] = 7.25, ("7.25", "1,2"))
+            .ends_with("inconsistent head file (array sizes do not match)"));
+        assert!(hostile(|_| {}, none).is_ok());
+
+        let payload = V1_FILE.split_once('\n').unwrap().1.trim_end();
+        let mut p: PayloadIn = serde_json::from_str(payload).unwrap();
+        p.weights[3] = f32::NAN;
+        assert_eq!(
+            check_values(&p).unwrap_err(),
+            "weights[3] is NaN (must be a finite number)"
+        );
     }
 
     #[test]

@@ -19,6 +19,17 @@ pub enum HeadError {
     NoData,
 }
 
+impl HeadError {
+    /// What is wrong, without the file's path: for a head that arrived as bytes, where they were
+    /// kept on their way in is nobody's business.
+    pub fn reason(&self) -> String {
+        match self {
+            HeadError::File { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What the head was trained on top of; a head only runs on the same backbone and preprocessing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackboneRef {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
-use crate::head::{head_file_path, Head};
+use crate::head::head_file_path;
+use crate::loader;
 use crate::serve::auth::Token;
 use crate::serve::commands::{HeadAnswer, HeadCommand, SignedCommand};
 use crate::serve::rollout::Action;
@@ -50,11 +50,14 @@ impl Payload {
     /// The head in `dir_or_file` (as `--head` takes it), checked to be a readable head file.
     pub fn from_head(dir_or_file: &Path) -> anyhow::Result<Payload> {
         let path = head_file_path(dir_or_file);
-        Head::load(&path)?;
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
-        Ok(Payload::Inline { text, sha256 })
+        // The bytes that were checked are the bytes sent.
+        let head = loader::head(&path)?;
+        let text = String::from_utf8(head.bytes)
+            .with_context(|| format!("{}: not text", path.display()))?;
+        Ok(Payload::Inline {
+            text,
+            sha256: head.sha256,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The waits between attempts to reopen what failed — a camera, a broker connection: 0.5 s,
 //! doubling up to 30 s, and back to 0.5 s once the thing works again. One schedule for both, so
-//! the README's one sentence about it stays true.
+//! the README's one sentence about it stays true. Frames that fail one after another back off on
+//! a schedule of their own ([`Backoff::between`], `super::failures`).
 
 use std::time::Duration;
 
@@ -11,25 +12,34 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
+    start: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     pub fn new() -> Backoff {
+        Backoff::between(BACKOFF_START, BACKOFF_MAX)
+    }
+
+    /// Waits from `start`, doubling up to `max`.
+    pub const fn between(start: Duration, max: Duration) -> Backoff {
         Backoff {
-            next: BACKOFF_START,
+            next: start,
+            start,
+            max,
         }
     }
 
     /// The wait before the next attempt; the one after it is twice as long, up to the maximum.
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
-        self.next = (wait * 2).min(BACKOFF_MAX);
+        self.next = (wait * 2).min(self.max);
         wait
     }
 
     /// After a success: the next failure waits the shortest time again.
     pub fn reset(&mut self) {
-        self.next = BACKOFF_START;
+        self.next = self.start;
     }
 }
 

@@ -4,6 +4,8 @@
 //!
 //! - `slot`: the one-frame mailbox ([`FrameSlot`]) between capture and inference.
 //! - `backoff`: the waits before reopening a source or reconnecting to the broker.
+//! - `failures`: frames failing one after another: the wait between them, the warnings a
+//!   minute, the degraded health.
 //! - `service`: [`Service`] (head, classification, health, head installs and rollbacks) and its
 //!   typed results.
 //! - `prometheus`: the counters and their `/metrics` text.
@@ -23,7 +25,8 @@
 //!
 //! The submodules never import this file, so the dependencies run one way: `mod.rs` → `http` →
 //! `wire` → `request`, `reply`, `auth`, `rollout`; `http`, `mqtt` → `commands` → `service` →
-//! `rollout`, `slot`, `prometheus`, `auth`; `mqtt` → `topics`; `mod.rs`, `mqtt` → `backoff`.
+//! `rollout`, `slot`, `prometheus`, `auth`, `failures` → `backoff`; `mqtt` → `topics`; `mod.rs`,
+//! `mqtt` → `backoff`.
 //!
 //! A file source without an `fps` is replayed: the capture thread reads a frame only when
 //! inference asks for one (every frame, no drops), instead of feeding the slot at its own pace.
@@ -44,6 +47,7 @@ pub mod auth;
 mod backoff;
 pub mod commands;
 pub mod config;
+mod failures;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "mqtt")]
@@ -191,7 +195,15 @@ pub fn inference_loop(
                     svc.stop();
                 }
             }
-            Err(e) => svc.frame_failed(&captured.frame.name, &e),
+            Err(e) => {
+                let wait = svc.frame_failed(&captured.frame.name, &e);
+                // Backing off is not hanging: the heartbeat goes on, and the watchdog is fed.
+                let end = Instant::now() + wait;
+                while !svc.stopping() && Instant::now() < end {
+                    std::thread::sleep(end.saturating_duration_since(Instant::now()).min(POLL));
+                    svc.record_heartbeat();
+                }
+            }
         }
     }
 }
@@ -400,6 +412,25 @@ mod tests {
         }
     }
 
+    /// A file that is no image, replayed: what `serve --source /etc/passwd` reads.
+    struct NoImage;
+
+    impl FrameSource for NoImage {
+        fn next_frame(&mut self) -> Result<RawFrame, SourceError> {
+            Ok(RawFrame {
+                pixels: FramePixels::Encoded(b"root:x:0:0:root:/root:/bin/sh\n".to_vec()),
+                name: "passwd".into(),
+                captured: Instant::now(),
+            })
+        }
+        fn describe(&self) -> String {
+            "image passwd (repeated)".into()
+        }
+        fn is_live(&self) -> bool {
+            false
+        }
+    }
+
     /// A service around the default model and an untrained two-class head (the capture loop
     /// never classifies; it needs the service for its slot, counters and health).
     fn service() -> Service {
@@ -431,8 +462,44 @@ mod tests {
             head,
             path: "head.json".into(),
             sha256: "0".repeat(64),
+            bytes: Vec::new(),
         };
         Service::new(backbone, file, &opts)
+    }
+
+    /// Frames that all fail are taken ever more slowly (10 ms doubling), not spun on, while the
+    /// heartbeat the watchdog is fed by goes on; the service is degraded.
+    #[test]
+    fn a_source_of_no_image_is_backed_off_with_the_heartbeat_going_on() {
+        let svc = &service();
+        let mut oldest = Duration::ZERO;
+        std::thread::scope(|s| {
+            let open = || Ok(Box::new(NoImage) as Box<dyn FrameSource>);
+            s.spawn(move || capture_loop_with(svc, open, None, |_| {}));
+            s.spawn(|| inference_loop(svc, None, &mut std::io::sink(), &|_| {}));
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                oldest = oldest.max(svc.heartbeat_age());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            svc.stop();
+        });
+        // Waits of 10, 20, ... 1280 ms: 2.55 s for the first 9 failures.
+        let status = svc.status_line();
+        let failed: u64 = status
+            .split(", ")
+            .nth(2)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((5..=10).contains(&failed), "{status}");
+        assert!(status.contains("source degraded: the last"), "{status}");
+        let health = svc.health();
+        assert!(!health.healthy && health.status == "degraded", "{health:?}");
+        assert!(oldest < Duration::from_secs(1), "heartbeat {oldest:?} old");
     }
 
     /// Stalls and failed opens are reopened after 0.5 s, 1 s, 2 s, ... up to 30 s, with the

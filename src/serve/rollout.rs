@@ -119,54 +119,51 @@ pub(super) fn check_sha256(bytes: &[u8], expected: &str) -> Result<(), RolloutEr
 }
 
 /// Writes `bytes` (already checked by [`check_sha256`]) over the head file of `head_path` if they
-/// are a head for `backbone`, keeping the file they replace as its previous one; the new head,
-/// to be swapped in. The caller holds the reload lock. A refused head changes no file.
+/// are a head for `backbone`, keeping `running` (the bytes of the head the service runs, whatever
+/// the file holds now) as its previous one; the new head, to be swapped in. The caller holds the
+/// reload lock. A refused head changes no file, and its refusal names no file.
 pub(super) fn install_file(
     head_path: &Path,
     backbone: &Backbone,
     bytes: &[u8],
+    running: &[u8],
 ) -> Result<HeadFile, RolloutError> {
     let head_file = head_file_path(head_path);
+    let new = loader::head_from_bytes(bytes.to_vec(), head_file.clone(), backbone)
+        .map_err(|e| RolloutError::Refused(format!("{e:#}")))?;
     let dir = match head_file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    // Verified where it will live, then renamed into place: never a half-checked head file.
+    // Written where it will live, then renamed into place: never a half-written head file.
     let tmp = fsutil::synced_temp_file(dir, bytes).map_err(|e| io(dir, format!("{e:#}")))?;
-    let mut new = loader::head_for(tmp.path(), backbone)
-        .map_err(|e| RolloutError::Refused(format!("{e:#}")))?;
-    match std::fs::read(&head_file) {
-        Ok(old) => fsutil::write_atomic(&previous_path(&head_file), &old)
-            .map_err(|e| io(&head_file, format!("{e:#}")))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&head_file, e)),
-    }
+    fsutil::write_atomic(&previous_path(&head_file), running)
+        .map_err(|e| io(&head_file, format!("{e:#}")))?;
     tmp.persist(&head_file)
         .map_err(|e| io(&head_file, e.error))?;
-    new.path = head_file;
     Ok(new)
 }
 
-/// Swaps the head file of `head_path` with its previous one (so a second rollback undoes the
-/// first) if the previous one is a head for `backbone`; the head now in the file, to be swapped
-/// in. The caller holds the reload lock.
+/// Puts the previous head in the head file of `head_path` if it is a head for `backbone`, and
+/// `running` (the bytes of the head the service runs) as the previous one, so a second rollback
+/// undoes the first; the head now in the file, to be swapped in. The caller holds the reload
+/// lock.
 pub(super) fn roll_back_file(
     head_path: &Path,
     backbone: &Backbone,
+    running: &[u8],
 ) -> Result<HeadFile, RolloutError> {
     let head_file = head_file_path(head_path);
     let prev_path = previous_path(&head_file);
     if !prev_path.exists() {
         return Err(RolloutError::NoPrevious(prev_path));
     }
-    let mut new = loader::head_for(&prev_path, backbone)
-        .map_err(|e| RolloutError::Refused(format!("{e:#}")))?;
     let prev_bytes = std::fs::read(&prev_path).map_err(|e| io(&prev_path, e))?;
-    let current = std::fs::read(&head_file).map_err(|e| io(&head_file, e))?;
+    let new = loader::head_from_bytes(prev_bytes, head_file.clone(), backbone)
+        .map_err(|e| RolloutError::Refused(format!("{e:#}")))?;
     // Head first: a crash between the two writes leaves the rolled-back head in place.
-    fsutil::write_atomic(&head_file, &prev_bytes).map_err(|e| io(&head_file, e))?;
-    fsutil::write_atomic(&prev_path, &current).map_err(|e| io(&prev_path, e))?;
-    new.path = head_file;
+    fsutil::write_atomic(&head_file, &new.bytes).map_err(|e| io(&head_file, e))?;
+    fsutil::write_atomic(&prev_path, running).map_err(|e| io(&prev_path, e))?;
     Ok(new)
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use image::RgbImage;
 use serde::Serialize;
 
+use super::failures::FrameFailures;
 use super::prometheus::{self, MqttStats, Stats};
 use super::rollout::{self, Action, HeadChange, HeadSource, RolloutError, RolloutStatus};
 use super::slot::{lock, Captured, FrameSlot};
@@ -152,6 +153,7 @@ pub struct Service {
     rollout: Mutex<Option<RolloutStatus>>,
     latest: Mutex<Option<FrameResult>>,
     source_state: Mutex<SourceState>,
+    failures: Mutex<FrameFailures>,
     source_name: String,
     started: Instant,
     /// Last time the inference thread went round its loop (for the systemd watchdog).
@@ -178,6 +180,7 @@ impl Service {
             rollout: Mutex::new(None),
             latest: Mutex::new(None),
             source_state: Mutex::new(SourceState::Starting),
+            failures: Mutex::default(),
             source_name: opts.source.path().display().to_string(),
             started: Instant::now(),
             heartbeat: Mutex::new(Instant::now()),
@@ -279,6 +282,7 @@ impl Service {
             ts,
         };
         *lock(&self.latest) = Some(result.clone());
+        lock(&self.failures).succeeded();
         Ok(result)
     }
 
@@ -286,9 +290,15 @@ impl Service {
         lock(&self.latest).clone()
     }
 
-    pub fn frame_failed(&self, name: &str, e: &anyhow::Error) {
+    /// Counts a frame that failed (logged at most once a minute); how long the inference loop
+    /// waits before the next, so a source that yields no image is not spun on.
+    pub fn frame_failed(&self, name: &str, e: &anyhow::Error) -> Duration {
         lock(&self.stats).frame_errors += 1;
-        log::warn!("frame {name} skipped: {e:#}");
+        let failed = lock(&self.failures).failed(name, &format!("{e:#}"), Instant::now());
+        if let Some(w) = failed.warning {
+            log::warn!("{w}");
+        }
+        failed.wait
     }
 
     /// Counts a frame the capture thread put in the slot; `replaced_one` when it overwrote a frame
@@ -311,11 +321,13 @@ impl Service {
         *lock(&self.source_state) = SourceState::Down(reason);
     }
 
-    /// The /healthz body: degraded until the source is up.
+    /// The /healthz body: degraded until the source is up, and while its frames fail.
     pub fn health(&self) -> Health {
         let head = self.head();
         let s = lock(&self.stats);
+        let failing = lock(&self.failures).degraded();
         let (healthy, status, detail, reason) = match &*lock(&self.source_state) {
+            SourceState::Up(_) if failing.is_some() => (false, "degraded", None, failing),
             SourceState::Up(d) => (true, "ok", Some(d.clone()), None),
             SourceState::Starting => (false, "degraded", None, Some("source is starting".into())),
             SourceState::Down(r) => (false, "degraded", None, Some(r.clone())),
@@ -341,7 +353,11 @@ impl Service {
     /// One line for systemd's STATUS= and the exit summary.
     pub fn status_line(&self) -> String {
         let s = lock(&self.stats);
+        let failing = lock(&self.failures).degraded();
         let source = match &*lock(&self.source_state) {
+            SourceState::Up(_) if failing.is_some() => {
+                format!("source degraded: {}", failing.unwrap_or_default())
+            }
             SourceState::Up(_) => "source ok".to_string(),
             SourceState::Starting => "source starting".to_string(),
             SourceState::Down(r) => format!("source degraded: {r}"),
@@ -397,7 +413,9 @@ impl Service {
     ) -> Result<HeadChange, RolloutError> {
         let result = rollout::check_sha256(bytes, expected_sha256).and_then(|()| {
             let _one_at_a_time = lock(&self.reload_lock);
-            let new = rollout::install_file(&self.head_path, &self.backbone, bytes)?;
+            let running = self.head();
+            let new =
+                rollout::install_file(&self.head_path, &self.backbone, bytes, &running.bytes)?;
             Ok(self.swap_in(new))
         });
         self.record_rollout(Action::Install, &result);
@@ -409,7 +427,8 @@ impl Service {
     pub fn rollback(&self) -> Result<HeadChange, RolloutError> {
         let result = {
             let _one_at_a_time = lock(&self.reload_lock);
-            rollout::roll_back_file(&self.head_path, &self.backbone).map(|new| self.swap_in(new))
+            rollout::roll_back_file(&self.head_path, &self.backbone, &self.head().bytes)
+                .map(|new| self.swap_in(new))
         };
         self.record_rollout(Action::Rollback, &result);
         result
