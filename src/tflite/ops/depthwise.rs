@@ -67,6 +67,17 @@ impl RequantizedDepthwise {
         x: &Tensor,
         params: &DepthwiseParams,
     ) -> TractResult<Tensor> {
+        self.run_with::<X, Y>(x, |x, y| {
+            kernels::depthwise::<X, Y, TIES_EVEN>(&self.geometry, params, x, y)
+        })
+    }
+
+    /// `image` on each image of the batch, into a new tensor.
+    fn run_with<X: Datum, Y: Datum>(
+        &self,
+        x: &Tensor,
+        mut image: impl FnMut(&[X], &mut [Y]),
+    ) -> TractResult<Tensor> {
         let g = &self.geometry;
         let xs = x.try_as_plain_ram()?.as_slice::<X>()?;
         let shape = [x.shape()[0], g.out_h, g.out_w, g.channels];
@@ -77,7 +88,7 @@ impl RequantizedDepthwise {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<Y>()?;
             for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                kernels::depthwise::<X, Y, TIES_EVEN>(g, params, x, y);
+                image(x, y);
             }
         }
         Ok(y)
@@ -130,6 +141,13 @@ impl EvalOp for RequantizedDepthwise {
             } => {
                 params.x_zero_point = x_zero_point;
                 params.y_zero_point = y_zero_point;
+                #[cfg(target_arch = "aarch64")]
+                if let Some(w) = super::depthwise_neon::IntegerWeights::new(&params) {
+                    let y = self.run_with::<u8, u8>(&inputs[0], |x, y| {
+                        super::depthwise_neon::depthwise(&self.geometry, &params, &w, x, y)
+                    })?;
+                    return Ok(tvec!(y.into_tvalue()));
+                }
                 self.run::<u8, u8, true>(&inputs[0], &params)?
             }
         };
