@@ -1,7 +1,7 @@
 //! The 8-bit loops behind the int8 graph: the convolution as a matrix product of u8 pixels by
 //! 16-bit weight offsets, accumulated in i32, and the ADD, each ending in the requantization onto
 //! the output's u8 grid. (The depthwise convolution runs on the f32 graph's loop, reading and
-//! writing u8: its nine products a value gain nothing from 8-bit lanes.)
+//! writing u8, except on aarch64, where `depthwise_neon` sums it in integers.)
 //!
 //! Arithmetic: LiteRT's own, as its default CPU path (XNNPACK) computes it. Every accumulator is
 //! the exact integer sum, with the file's int32 bias as it is; each layer ends with XNNPACK's f32
