@@ -1,8 +1,9 @@
 //! `RequantizedDepthwise`: DEPTHWISE_CONV_2D (depth multiplier 1) on NHWC maps with its
 //! requantization fused, so each output value is written once. The f32 graph's maps are f32
 //! offsets (TFLite's reference rounding); the int8 graph's are u8 values with their zero points
-//! (LiteRT's rounding). Both run the same loop: at most 25 products of 8-bit offsets a value gain
-//! nothing from 8-bit lanes, and their sums are exact in f32.
+//! (LiteRT's rounding). Both run the same loop (at most 25 products of 8-bit offsets a value,
+//! whose sums are exact in f32), except the int8 graph's on aarch64, which sums in integers
+//! with NEON (`depthwise_neon`): the same results in a fraction of the instructions.
 
 use tract_core::internal::*;
 
@@ -67,6 +68,17 @@ impl RequantizedDepthwise {
         x: &Tensor,
         params: &DepthwiseParams,
     ) -> TractResult<Tensor> {
+        self.run_with::<X, Y>(x, |x, y| {
+            kernels::depthwise::<X, Y, TIES_EVEN>(&self.geometry, params, x, y)
+        })
+    }
+
+    /// `image` on each image of the batch, into a new tensor.
+    fn run_with<X: Datum, Y: Datum>(
+        &self,
+        x: &Tensor,
+        mut image: impl FnMut(&[X], &mut [Y]),
+    ) -> TractResult<Tensor> {
         let g = &self.geometry;
         let xs = x.try_as_plain_ram()?.as_slice::<X>()?;
         let shape = [x.shape()[0], g.out_h, g.out_w, g.channels];
@@ -77,7 +89,7 @@ impl RequantizedDepthwise {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<Y>()?;
             for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                kernels::depthwise::<X, Y, TIES_EVEN>(g, params, x, y);
+                image(x, y);
             }
         }
         Ok(y)
@@ -130,6 +142,13 @@ impl EvalOp for RequantizedDepthwise {
             } => {
                 params.x_zero_point = x_zero_point;
                 params.y_zero_point = y_zero_point;
+                #[cfg(target_arch = "aarch64")]
+                if let Some(w) = super::depthwise_neon::IntegerWeights::new(&params) {
+                    let y = self.run_with::<u8, u8>(&inputs[0], |x, y| {
+                        super::depthwise_neon::depthwise(&self.geometry, &params, &w, x, y)
+                    })?;
+                    return Ok(tvec!(y.into_tvalue()));
+                }
                 self.run::<u8, u8, true>(&inputs[0], &params)?
             }
         };

@@ -14,6 +14,8 @@ pub mod kernels;
 pub mod qkernels;
 
 mod depthwise;
+#[cfg(target_arch = "aarch64")]
+mod depthwise_neon;
 mod quantized;
 mod requantize;
 

@@ -1,7 +1,7 @@
 //! The 8-bit loops behind the int8 graph: the convolution as a matrix product of u8 pixels by
 //! 16-bit weight offsets, accumulated in i32, and the ADD, each ending in the requantization onto
 //! the output's u8 grid. (The depthwise convolution runs on the f32 graph's loop, reading and
-//! writing u8: its nine products a value gain nothing from 8-bit lanes.)
+//! writing u8, except on aarch64, where `depthwise_neon` sums it in integers.)
 //!
 //! Arithmetic: LiteRT's own, as its default CPU path (XNNPACK) computes it. Every accumulator is
 //! the exact integer sum, with the file's int32 bias as it is; each layer ends with XNNPACK's f32
@@ -9,8 +9,16 @@
 //! frames the embeddings are LiteRT's (cosine 1.000000).
 //!
 //! The matrix product is written with AVX-512 VNNI intrinsics where the CPU has them (`vpdpbusd`:
-//! 64 multiply-adds an instruction), AVX2 ones elsewhere on x86 (`vpmaddwd`: 16), and as plain
-//! loops on other CPUs, which LLVM turns into NEON widening multiply-adds.
+//! 64 multiply-adds an instruction), AVX2 ones elsewhere on x86 (`vpmaddwd`: 16), both in
+//! `x86`; with NEON ones on aarch64 (`smlal` by element: 4, in a register-blocked kernel,
+//! `neon`); and as plain loops on other CPUs.
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+#[cfg(target_arch = "x86_64")]
+use x86::{avx2, avx512vnni};
 
 /// Output channels one pass of the matrix product computes (two AVX2 registers of i32).
 pub const BLOCK_N: usize = 16;
@@ -164,6 +172,7 @@ impl Requant {
     }
 
     /// The 16 channels from `c0` (a multiple of 16), in one vectorisable pass.
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     #[inline(always)]
     fn block(&self, c0: usize, acc: &[i32; BLOCK_N], out: &mut [u8; BLOCK_N]) {
         let bias: &[i32; BLOCK_N] = self.bias[c0..c0 + BLOCK_N].try_into().unwrap();
@@ -189,6 +198,9 @@ pub fn matmul(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &mut [
         // Safety: the CPU has AVX2 (checked just above).
         return unsafe { avx2::matmul(x, pixels, w, r, y) };
     }
+    #[cfg(target_arch = "aarch64")]
+    return neon::matmul(x, pixels, w, r, y);
+    #[cfg(not(target_arch = "aarch64"))]
     matmul_portable(x, pixels, w, r, y)
 }
 
@@ -227,6 +239,9 @@ pub fn im2col(g: &super::kernels::DepthwiseGeometry, x: &[u8], zero_point: u8, o
 }
 
 /// Widens up to `BLOCK_P` rows of pixels into i16, zero-padded to whole pairs and whole blocks.
+// On aarch64 only the portable loop, kept as the definition the NEON kernel is tested against,
+// uses this and `store_block`.
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 #[inline(always)]
 fn widen_rows(x: &[u8], k: usize, first: usize, rows: usize, row_len: usize, out: &mut [i16]) {
     out.fill(0);
@@ -239,6 +254,7 @@ fn widen_rows(x: &[u8], k: usize, first: usize, rows: usize, row_len: usize, out
 }
 
 /// Writes a block's accumulators, requantized, into the rows and channels that exist.
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 #[inline(always)]
 fn store_block(
     acc: &[[i32; BLOCK_N]; BLOCK_P],
@@ -258,6 +274,7 @@ fn store_block(
     }
 }
 
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 fn matmul_portable(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &mut [u8]) {
     let row_len = w.k_pairs * 2;
     let mut xs = vec![0i16; BLOCK_P * row_len];
@@ -277,166 +294,6 @@ fn matmul_portable(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &
                 }
             }
             store_block(&acc, rows, p0, block, r, w.n, y);
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::*;
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn matmul(x: &[u8], pixels: usize, w: &PackedWeights, r: &Requant, y: &mut [u8]) {
-        let row_len = w.k_pairs * 2;
-        let mut xs = vec![0i16; BLOCK_P * row_len];
-        for p0 in (0..pixels).step_by(BLOCK_P) {
-            let rows = BLOCK_P.min(pixels - p0);
-            widen_rows(x, w.k, p0, rows, row_len, &mut xs);
-            for block in 0..w.blocks {
-                let wb = &w.data[block * w.k_pairs * BLOCK_N * 2..][..w.k_pairs * BLOCK_N * 2];
-                let mut acc = [_mm256_setzero_si256(); 2 * BLOCK_P];
-                for (q, wq) in wb.chunks_exact(BLOCK_N * 2).enumerate() {
-                    // Safety: `wq` holds 32 i16 (two 256-bit loads); unaligned loads.
-                    let (w0, w1) = unsafe {
-                        (
-                            _mm256_loadu_si256(wq.as_ptr() as *const __m256i),
-                            _mm256_loadu_si256(wq.as_ptr().add(16) as *const __m256i),
-                        )
-                    };
-                    for row in 0..BLOCK_P {
-                        let at = row * row_len + 2 * q;
-                        // The pixel's two channels as one i32, broadcast: (x0, x1) in each lane.
-                        let pair = (xs[at] as u16 as u32 | (xs[at + 1] as u16 as u32) << 16) as i32;
-                        let xv = _mm256_set1_epi32(pair);
-                        acc[2 * row] = _mm256_add_epi32(acc[2 * row], _mm256_madd_epi16(xv, w0));
-                        acc[2 * row + 1] =
-                            _mm256_add_epi32(acc[2 * row + 1], _mm256_madd_epi16(xv, w1));
-                    }
-                }
-                let mut out = [[0i32; BLOCK_N]; BLOCK_P];
-                for (row, out) in out.iter_mut().enumerate() {
-                    // Safety: each row is 16 i32, two 256-bit stores.
-                    unsafe {
-                        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, acc[2 * row]);
-                        _mm256_storeu_si256(
-                            out.as_mut_ptr().add(8) as *mut __m256i,
-                            acc[2 * row + 1],
-                        );
-                    }
-                }
-                store_block(&out, rows, p0, block, r, w.n, y);
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512vnni {
-    use std::arch::x86_64::*;
-
-    use super::*;
-
-    /// 16 channels to a register, `vpdpbusd` doing four u8 × i8 products and their sum into
-    /// each i32 lane in one instruction (64 multiply-adds).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) fn matmul_quads(
-        x: &[u8],
-        pixels: usize,
-        w: &PackedWeights,
-        quads: &Quads,
-        r: &Requant,
-        y: &mut [u8],
-    ) {
-        let row_len = quads.k_quads * 4;
-        let mut xs = vec![0u8; BLOCK_P * row_len];
-        let mut sums = [0i32; BLOCK_P];
-        for p0 in (0..pixels).step_by(BLOCK_P) {
-            let rows = BLOCK_P.min(pixels - p0);
-            xs.fill(0);
-            for row in 0..rows {
-                let src = &x[(p0 + row) * w.k..][..w.k];
-                xs[row * row_len..][..w.k].copy_from_slice(src);
-                if quads.any_shift {
-                    sums[row] = src.iter().map(|&v| v as i32).sum();
-                }
-            }
-            for block in 0..w.blocks {
-                let wb = &quads.data[block * quads.k_quads * BLOCK_N * 4..]
-                    [..quads.k_quads * BLOCK_N * 4];
-                let mut acc = [_mm512_setzero_si512(); BLOCK_P];
-                for (q, wq) in wb.chunks_exact(BLOCK_N * 4).enumerate() {
-                    // Safety: `wq` holds 64 bytes, one 512-bit unaligned load.
-                    let wv = unsafe { _mm512_loadu_si512(wq.as_ptr() as *const __m512i) };
-                    for (row, acc) in acc.iter_mut().enumerate() {
-                        // Safety: the row holds whole quads; four pixel bytes as one i32.
-                        let quad = unsafe {
-                            (xs.as_ptr().add(row * row_len + 4 * q) as *const i32).read_unaligned()
-                        };
-                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(quad), wv);
-                    }
-                }
-                if quads.any_shift {
-                    // Safety: shifts are padded to whole blocks.
-                    let shift = unsafe {
-                        _mm512_loadu_si512(
-                            quads.shift.as_ptr().add(block * BLOCK_N) as *const __m512i
-                        )
-                    };
-                    for (acc, &sum) in acc.iter_mut().zip(&sums) {
-                        *acc = _mm512_add_epi32(
-                            *acc,
-                            _mm512_mullo_epi32(_mm512_set1_epi32(sum), shift),
-                        );
-                    }
-                }
-                store(&acc, rows, p0, block, r, w.n, y);
-            }
-        }
-    }
-
-    /// The requantization in registers: + bias, × multiplier, to the nearest integer (ties to
-    /// even: the conversion's rounding mode), + zero point, clamped, narrowed to bytes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn store(
-        acc: &[__m512i; BLOCK_P],
-        rows: usize,
-        p0: usize,
-        block: usize,
-        r: &Requant,
-        n: usize,
-        y: &mut [u8],
-    ) {
-        let c0 = block * BLOCK_N;
-        // Safety: bias and multipliers are padded to whole blocks of 16.
-        let (bias, m) = unsafe {
-            (
-                _mm512_loadu_si512(r.bias.as_ptr().add(c0) as *const __m512i),
-                _mm512_loadu_ps(r.multiplier.as_ptr().add(c0)),
-            )
-        };
-        let (zp, lo, hi) = (
-            _mm512_set1_epi32(r.zero_point as i32),
-            _mm512_set1_epi32(r.lo as i32),
-            _mm512_set1_epi32(r.hi as i32),
-        );
-        let width = BLOCK_N.min(n - c0);
-        for (row, &acc) in acc.iter().enumerate().take(rows) {
-            let v = _mm512_cvtps_epi32(_mm512_mul_ps(
-                _mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)),
-                m,
-            ));
-            let v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zp), lo), hi);
-            let mut bytes = [0u8; BLOCK_N];
-            // Safety: 16 bytes into a 16-byte array.
-            unsafe {
-                _mm_storeu_si128(
-                    bytes.as_mut_ptr() as *mut __m128i,
-                    _mm512_cvtusepi32_epi8(v),
-                )
-            };
-            y[(p0 + row) * n + c0..][..width].copy_from_slice(&bytes[..width]);
         }
     }
 }
@@ -560,5 +417,48 @@ mod tests {
                 assert_eq!(quads.any_shift, zero_point == 100);
             }
         }
+    }
+
+    #[test]
+    fn matmul_is_exact_for_every_count_of_input_channels() {
+        // The kernels step through input channels 8 at a time (NEON), 4 (VNNI) or 2 (AVX2, the
+        // portable loop): every remainder of each, whole steps before it or not, and 5 pixels
+        // (a block of 4 and a tail of one) of 35 channels (two blocks and a tail).
+        let (n, pixels) = (35, 5);
+        for k in (1..=18).chain([27, 37, 64]) {
+            let x: Vec<u8> = (0..pixels * k).map(|i| ((i * 173) % 256) as u8).collect();
+            let w: Vec<i16> = (0..n * k).map(|i| ((i * 61) % 256) as i16 - 120).collect();
+            let bias: Vec<i32> = (0..n as i32).map(|c| (c - 17) * 300).collect();
+            let m: Vec<f32> = (0..n).map(|c| 0.02 / k as f32 + c as f32 * 1e-5).collect();
+            let r = Requant::new(bias.clone(), m.clone(), 128, 0, 255);
+            let expected = reference_with_zero_point(&x, &w, (&bias, &m), (pixels, n, k));
+            assert!(expected.iter().filter(|&&v| v > 0 && v < 255).count() > pixels * n / 2);
+            let packed = PackedWeights::pack(&w, n, k);
+            let mut y = vec![0u8; pixels * n];
+            matmul(&x, pixels, &packed, &r, &mut y);
+            assert_eq!(y, expected, "{k} input channels");
+        }
+    }
+
+    /// `reference` with the output zero point 128 and the full u8 range.
+    fn reference_with_zero_point(
+        x: &[u8],
+        w: &[i16],
+        r: (&[i32], &[f32]),
+        shape: (usize, usize, usize),
+    ) -> Vec<u8> {
+        let (pixels, n, k) = shape;
+        let (bias, m) = r;
+        let mut expected = vec![0u8; pixels * n];
+        for p in 0..pixels {
+            for c in 0..n {
+                let acc: i32 = (0..k)
+                    .map(|i| x[p * k + i] as i32 * w[c * k + i] as i32)
+                    .sum();
+                let v = ((acc + bias[c]) as f32 * m[c]).round_ties_even() as i32;
+                expected[p * n + c] = (v + 128).clamp(0, 255) as u8;
+            }
+        }
+        expected
     }
 }

@@ -1,0 +1,243 @@
+//! The int8 graph's depthwise convolution on aarch64: integer multiply-adds of 16-bit offsets
+//! into i32 (`usubl` takes the input zero point off 16 bytes in two instructions, `smlal`/
+//! `smlal2` add 16 products in four), 16 channels at a time, then the f32 loop's own
+//! requantization in registers. The f32 loop converts every tap's bytes to f32 and multiplies and
+//! adds separately; here a tap of 16 channels costs 8 instructions.
+//!
+//! The same results as `kernels::depthwise::<u8, u8, true>`: its f32 sums of integers are exact
+//! (`IntegerWeights::new` checks the bounds that make them so), so they equal these i32 ones; the requantization is the same f32 operations in the same order.
+
+use std::arch::aarch64::*;
+
+use super::kernels::{DepthwiseGeometry, DepthwiseParams, MAX_TAPS};
+
+/// Channels one pass computes: 16 bytes of input, four registers of i32 sums.
+const LANES: usize = 16;
+
+/// The layer's weights and bias as integers, or `None` where one is not an integer the f32 loop
+/// holds exactly (never for a model's 8-bit offsets and int32 bias below 2^24).
+pub struct IntegerWeights {
+    kernel: Vec<i16>,
+    bias: Vec<i32>,
+}
+
+impl IntegerWeights {
+    pub fn new(p: &DepthwiseParams) -> Option<IntegerWeights> {
+        let exact = |v: f32, lo: f32, hi: f32| v.fract() == 0.0 && (lo..=hi).contains(&v);
+        let kernel = p.kernel.iter().all(|&k| exact(k, -255.0, 255.0));
+        // With |bias| ≤ 2^23, every partial sum of up to 25 taps of ±255 × ±255 stays below
+        // 2^24, where f32 holds every integer.
+        let limit = (1 << 23) as f32;
+        let bias = p.bias.iter().all(|&b| exact(b, -limit, limit));
+        let zero_point = exact(p.x_zero_point, 0.0, 255.0);
+        (kernel && bias && zero_point).then(|| IntegerWeights {
+            kernel: p.kernel.iter().map(|&k| k as i16).collect(),
+            bias: p.bias.iter().map(|&b| b as i32).collect(),
+        })
+    }
+}
+
+/// One NHWC image of u8 values, `x` `[in_h, in_w, C]` into `y` `[out_h, out_w, C]`, as
+/// `kernels::depthwise::<u8, u8, true>` computes it.
+pub fn depthwise(
+    g: &DepthwiseGeometry,
+    p: &DepthwiseParams,
+    w: &IntegerWeights,
+    x: &[u8],
+    y: &mut [u8],
+) {
+    let c = g.channels;
+    assert!(g.kernel_h * g.kernel_w <= MAX_TAPS);
+    assert_eq!(x.len(), g.in_h * g.in_w * c);
+    assert_eq!(y.len(), g.out_h * g.out_w * c);
+    assert_eq!(w.kernel.len(), g.kernel_h * g.kernel_w * c);
+    assert!(w.bias.len() == c && p.multiplier.len() == c);
+    let blocks = c / LANES;
+    let xz = p.x_zero_point as u8;
+    // Safety: NEON is part of the aarch64 baseline.
+    let q = unsafe {
+        Requant {
+            lo: vdupq_n_f32(p.lo),
+            hi: vdupq_n_f32(p.hi),
+            yz: vdupq_n_f32(p.y_zero_point),
+        }
+    };
+    // (input offset, kernel offset) of each tap that lands inside the input, for one pixel.
+    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    for oy in 0..g.out_h {
+        let top = (oy * g.stride_h) as isize - g.pad_top as isize;
+        let ky_from = (-top).max(0) as usize;
+        let ky_to = ((g.in_h as isize - top).min(g.kernel_h as isize)).max(0) as usize;
+        for ox in 0..g.out_w {
+            let left = (ox * g.stride_w) as isize - g.pad_left as isize;
+            let kx_from = (-left).max(0) as usize;
+            let kx_to = ((g.in_w as isize - left).min(g.kernel_w as isize)).max(0) as usize;
+            let mut n = 0;
+            for ky in ky_from..ky_to {
+                let iy = (top + ky as isize) as usize;
+                for kx in kx_from..kx_to {
+                    let ix = (left + kx as isize) as usize;
+                    taps[n] = ((iy * g.in_w + ix) * c, (ky * g.kernel_w + kx) * c);
+                    n += 1;
+                }
+            }
+            let taps = &taps[..n];
+            let out = (oy * g.out_w + ox) * c;
+            for block in 0..blocks {
+                let at = block * LANES;
+                // Safety: every tap's input offset is a pixel inside the map and its kernel
+                // offset a tap of the kernel (asserted sizes above), so the 16 channels from `at`
+                // (a whole block, `at + 16 <= c`) lie within `x` and `w.kernel`; likewise the
+                // bias, the multipliers and the output pixel's channels.
+                unsafe {
+                    let mut acc = [
+                        vld1q_s32(w.bias.as_ptr().add(at)),
+                        vld1q_s32(w.bias.as_ptr().add(at + 4)),
+                        vld1q_s32(w.bias.as_ptr().add(at + 8)),
+                        vld1q_s32(w.bias.as_ptr().add(at + 12)),
+                    ];
+                    let xzv = vdup_n_u8(xz);
+                    for &(xo, ko) in taps {
+                        let xv = vld1q_u8(x.as_ptr().add(xo + at));
+                        // Bytes minus the zero point, within ±255: exact as i16.
+                        let lo = vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(xv), xzv));
+                        let hi = vreinterpretq_s16_u16(vsubl_high_u8(xv, vdupq_n_u8(xz)));
+                        let kl = vld1q_s16(w.kernel.as_ptr().add(ko + at));
+                        let kh = vld1q_s16(w.kernel.as_ptr().add(ko + at + 8));
+                        acc[0] = vmlal_s16(acc[0], vget_low_s16(lo), vget_low_s16(kl));
+                        acc[1] = vmlal_high_s16(acc[1], lo, kl);
+                        acc[2] = vmlal_s16(acc[2], vget_low_s16(hi), vget_low_s16(kh));
+                        acc[3] = vmlal_high_s16(acc[3], hi, kh);
+                    }
+                    let m = p.multiplier.as_ptr().add(at);
+                    let v: [int32x4_t; 4] =
+                        std::array::from_fn(|i| q.apply(acc[i], vld1q_f32(m.add(4 * i))));
+                    let lo16 = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
+                    let hi16 = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
+                    let bytes = vcombine_u8(vqmovun_s16(lo16), vqmovun_s16(hi16));
+                    vst1q_u8(y.as_mut_ptr().add(out + at), bytes);
+                }
+            }
+            for ch in blocks * LANES..c {
+                let mut acc = w.bias[ch];
+                for &(xo, ko) in taps {
+                    acc += (x[xo + ch] as i32 - xz as i32) * w.kernel[ko + ch] as i32;
+                }
+                let v = ((acc as f32 * p.multiplier[ch]).round_ties_even())
+                    .max(p.lo)
+                    .min(p.hi);
+                // `as` saturates to 0..=255 as the narrowing above does.
+                y[out + ch] = (v + p.y_zero_point) as u8;
+            }
+        }
+    }
+}
+
+/// The f32 loop's ending for four channels: × multiplier, rounded half to even, clamped to the
+/// output range in offsets, + the output zero point, truncated to an integer. The f32 loop then
+/// clamps to 0..=255; the saturating narrowings to bytes do the same.
+struct Requant {
+    lo: float32x4_t,
+    hi: float32x4_t,
+    yz: float32x4_t,
+}
+
+impl Requant {
+    #[inline(always)]
+    fn apply(&self, acc: int32x4_t, m: float32x4_t) -> int32x4_t {
+        // Safety: NEON is part of the aarch64 baseline.
+        unsafe {
+            let v = vrndnq_f32(vmulq_f32(vcvtq_f32_s32(acc), m));
+            let v = vminq_f32(vmaxq_f32(v, self.lo), self.hi);
+            vcvtq_s32_f32(vaddq_f32(v, self.yz))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tflite::ops::kernels;
+
+    #[test]
+    fn integer_depthwise_is_the_f32_loops_result() {
+        // 40 channels (two blocks and a tail of 8), stride 1 and 2, SAME padding and none, on
+        // u8 maps with zero points on both sides, a ReLU6-like range and ties in the rounding
+        // (multipliers of 1/2 and 1/4 on odd sums).
+        for (stride, in_hw, pad) in [(1, 7, 1), (2, 9, 1), (2, 8, 0)] {
+            let c = 40;
+            let out_hw = (in_hw + 2 * pad - 3) / stride + 1;
+            let g = DepthwiseGeometry {
+                in_h: in_hw,
+                in_w: in_hw,
+                channels: c,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride_h: stride,
+                stride_w: stride,
+                pad_top: pad,
+                pad_left: pad,
+                out_h: out_hw,
+                out_w: out_hw,
+            };
+            let x: Vec<u8> = (0..in_hw * in_hw * c)
+                .map(|i| ((i * 37) % 256) as u8)
+                .collect();
+            let k: Vec<f32> = (0..9 * c)
+                .map(|i| ((i * 53) % 511) as f32 - 255.0)
+                .collect();
+            let bias: Vec<f32> = (0..c).map(|i| (i as f32 - 20.0) * 8001.0).collect();
+            let m: Vec<f32> = (0..c)
+                .map(|i| match i % 4 {
+                    0 => 0.5,
+                    1 => 0.25,
+                    _ => 0.0002 + i as f32 * 1e-5,
+                })
+                .collect();
+            let params = DepthwiseParams {
+                kernel: &k,
+                bias: &bias,
+                multiplier: &m,
+                lo: -3.0,
+                hi: 200.0,
+                x_zero_point: 131.0,
+                y_zero_point: 3.0,
+            };
+            let mut expected = vec![0u8; out_hw * out_hw * c];
+            kernels::depthwise::<u8, u8, true>(&g, &params, &x, &mut expected);
+            assert!(expected.contains(&0) && expected.contains(&203));
+            assert!(expected.iter().filter(|&&v| v > 0 && v < 203).count() > expected.len() / 4);
+            let w = IntegerWeights::new(&params).expect("integer weights");
+            let mut y = vec![0u8; expected.len()];
+            depthwise(&g, &params, &w, &x, &mut y);
+            assert_eq!(y, expected, "stride {stride}, {in_hw}x{in_hw}, pad {pad}");
+        }
+    }
+
+    #[test]
+    fn weights_the_f32_loop_would_not_sum_exactly_are_left_to_it() {
+        let (k, bias, m) = ([1.0f32; 9], [0.0f32], [1.0f32]);
+        let params = DepthwiseParams {
+            kernel: &k,
+            bias: &bias,
+            multiplier: &m,
+            lo: 0.0,
+            hi: 255.0,
+            x_zero_point: 0.0,
+            y_zero_point: 0.0,
+        };
+        assert!(IntegerWeights::new(&params).is_some());
+        let big = [(1 << 23) as f32 + 2.0];
+        assert!(IntegerWeights::new(&DepthwiseParams {
+            bias: &big,
+            ..params
+        })
+        .is_none());
+        let half = [0.5f32; 9];
+        assert!(IntegerWeights::new(&DepthwiseParams {
+            kernel: &half,
+            ..params
+        })
+        .is_none());
+    }
+}
