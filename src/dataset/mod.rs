@@ -17,7 +17,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::discover::{self, WalkError};
+use crate::discover::{self, Skipped, WalkError};
+
+mod duplicates;
+pub use duplicates::{content_sha256, Duplicate};
 
 #[derive(Debug, Error)]
 pub enum DatasetError {
@@ -58,6 +61,17 @@ pub enum Split {
     Train,
     Val,
     Test,
+}
+
+impl Split {
+    /// The name reports give the split (as its JSON spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +132,11 @@ pub struct Dataset {
     pub notes: Vec<String>,
     /// Files skipped because they are not images (by extension).
     pub ignored_files: Vec<PathBuf>,
+    /// Folder links the walk did not follow (out of the data folder, loops, folders read twice).
+    pub skipped_links: Vec<Skipped>,
+    /// Validation and test images whose bytes are also a training image's: set aside, since a
+    /// copy of a training image measures memory, not generalisation.
+    pub duplicates: Vec<Duplicate>,
 }
 
 /// Uniform in [0, 1) from a relative path; stable across machines and runs.
@@ -130,26 +149,52 @@ pub fn path_hash_unit(rel: &str) -> f64 {
 /// Class name → its image paths, sorted.
 type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
 
-/// One `<class>/<image>` folder: its classes, plus the non-image files it holds.
-/// Nested sub-folders inside a class folder are searched too.
-fn scan_class_folders(root: &Path) -> Result<(ClassFolders, Vec<PathBuf>), DatasetError> {
-    let mut classes = BTreeMap::new();
-    let mut ignored = Vec::new();
-    for entry in discover::entries(root)? {
-        if !entry.is_dir() {
-            ignored.push(entry);
-            continue;
+/// `<class>/<image>` folders read in one walk (no folder read twice across them).
+struct Scan {
+    /// Per folder: its classes, and the non-image files it holds.
+    folders: Vec<(ClassFolders, Vec<PathBuf>)>,
+    skipped: Vec<Skipped>,
+}
+
+/// Reads each of `dirs` (inside `root`) as a `<class>/<image>` folder. Nested sub-folders inside
+/// a class folder are searched too; a class folder that is a link the walk does not follow is
+/// no class.
+fn scan_class_folders(root: &Path, dirs: &[PathBuf]) -> Result<Scan, DatasetError> {
+    let mut folders: Vec<(ClassFolders, Vec<PathBuf>)> = Vec::new();
+    let mut class_dirs = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut ignored = Vec::new();
+        for entry in discover::entries(dir)? {
+            if entry.is_dir() {
+                class_dirs.push((i, entry));
+            } else {
+                ignored.push(entry);
+            }
         }
-        let name = entry
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let found = discover::walk(&entry)?;
-        ignored.extend(found.other);
-        classes.insert(name, found.images);
+        folders.push((BTreeMap::new(), ignored));
     }
-    Ok((classes, ignored))
+    let paths: Vec<PathBuf> = class_dirs.iter().map(|(_, d)| d.clone()).collect();
+    let found = discover::walk_all(root, &paths)?;
+    let mut skipped = Vec::new();
+    for ((i, dir), f) in class_dirs.into_iter().zip(found) {
+        let (classes, ignored) = &mut folders[i];
+        ignored.extend(f.other);
+        let refused = f.skipped.iter().any(|s| s.link == dir);
+        skipped.extend(f.skipped);
+        if !refused {
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            classes.insert(name, f.images);
+        }
+    }
+    for (_, ignored) in &mut folders {
+        ignored.sort();
+    }
+    skipped.sort_by(|a, b| a.link.cmp(&b.link));
+    Ok(Scan { folders, skipped })
 }
 
 fn rel_to(path: &Path, root: &Path) -> String {
@@ -191,9 +236,11 @@ impl Dataset {
     }
 
     fn open_flat(root: &Path, fr: SplitFractions) -> Result<Dataset, DatasetError> {
-        let (folders, ignored) = scan_class_folders(root)?;
+        let mut scan = scan_class_folders(root, &[root.to_path_buf()])?;
+        let (folders, ignored) = scan.folders.remove(0);
         let classes = check_classes(root, &folders)?;
         let mut ds = Dataset::empty(root, classes, ignored);
+        ds.skipped_links = scan.skipped;
         for (label, (_, paths)) in folders.iter().enumerate() {
             for path in paths {
                 let rel = rel_to(path, root);
@@ -219,16 +266,33 @@ impl Dataset {
             (1.0 - fr.train - fr.val) * 100.0
         ));
         ds.ensure_every_class_trains();
+        ds.set_aside_duplicates();
         Ok(ds)
     }
 
     fn open_split_layout(root: &Path) -> Result<Dataset, DatasetError> {
         let train_root = root.join("train");
-        let (folders, mut ignored) = scan_class_folders(&train_root)?;
-        let classes = check_classes(&train_root, &folders)?;
-        let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
         let has_val = root.join("val").is_dir();
         let has_test = root.join("test").is_dir();
+        let held_out_names: Vec<&str> = [("val", has_val), ("test", has_test)]
+            .into_iter()
+            .filter_map(|(name, has)| has.then_some(name))
+            .collect();
+        let dirs: Vec<PathBuf> = std::iter::once(train_root.clone())
+            .chain(held_out_names.iter().map(|name| root.join(name)))
+            .collect();
+        // One walk over train/, val/ and test/: a link cannot bring a folder into two splits.
+        let scan = scan_class_folders(root, &dirs)?;
+        let mut scanned = scan.folders.into_iter();
+        let (folders, mut ignored) = scanned.next().expect("train/ is scanned");
+        let mut held_out: BTreeMap<&str, ClassFolders> = BTreeMap::new();
+        for (name, (folders, ign)) in held_out_names.into_iter().zip(scanned) {
+            ignored.extend(ign);
+            held_out.insert(name, folders);
+        }
+        let classes = check_classes(&train_root, &folders)?;
+        let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
+        ds.skipped_links = scan.skipped;
         let carve_val = !has_test || !has_val;
         for (label, (_, paths)) in folders.iter().enumerate() {
             for path in paths {
@@ -247,9 +311,8 @@ impl Dataset {
             }
         }
         let mut load_split = |name: &str| -> Result<Vec<Sample>, DatasetError> {
-            let (samples, ign) = labelled_samples(&root.join(name), &classes, &format!("{name}/"))?;
-            ignored.extend(ign);
-            Ok(samples)
+            let folders = held_out.remove(name).unwrap_or_default();
+            labelled_samples(&root.join(name), folders, &classes, &format!("{name}/"))
         };
         match (has_val, has_test) {
             (true, true) => {
@@ -276,6 +339,7 @@ impl Dataset {
         }
         ds.ignored_files = ignored;
         ds.ensure_every_class_trains();
+        ds.set_aside_duplicates();
         Ok(ds)
     }
 
@@ -288,6 +352,8 @@ impl Dataset {
             test: Vec::new(),
             notes: Vec::new(),
             ignored_files: ignored,
+            skipped_links: Vec::new(),
+            duplicates: Vec::new(),
         }
     }
 
@@ -346,10 +412,7 @@ fn check_classes(root: &Path, folders: &ClassFolders) -> Result<Vec<String>, Dat
 }
 
 /// A folder of `<class>/<image>` to evaluate a trained head on (its classes must be the head's).
-pub fn open_labelled_folder(
-    root: &Path,
-    classes: &[String],
-) -> Result<(Vec<Sample>, Vec<PathBuf>), DatasetError> {
+pub fn open_labelled_folder(root: &Path, classes: &[String]) -> Result<Labelled, DatasetError> {
     if !root.is_dir() {
         return Err(if root.exists() {
             DatasetError::NotADir(root.to_path_buf())
@@ -357,21 +420,36 @@ pub fn open_labelled_folder(
             DatasetError::Missing(root.to_path_buf())
         });
     }
-    let (samples, ignored) = labelled_samples(root, classes, "")?;
+    let mut scan = scan_class_folders(root, &[root.to_path_buf()])?;
+    let (folders, ignored) = scan.folders.remove(0);
+    let samples = labelled_samples(root, folders, classes, "")?;
     if samples.is_empty() {
         return Err(DatasetError::Empty(root.to_path_buf()));
     }
-    Ok((samples, ignored))
+    Ok(Labelled {
+        samples,
+        ignored,
+        skipped_links: scan.skipped,
+    })
 }
 
-/// The samples of a `<class>/<image>` folder whose classes must all be among `classes`
-/// (an empty folder of an unknown class is ignored). `rel_prefix` is prepended to each `rel`.
+/// A labelled folder as read: its samples, the non-image files, the folder links not followed.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub samples: Vec<Sample>,
+    pub ignored: Vec<PathBuf>,
+    pub skipped_links: Vec<Skipped>,
+}
+
+/// The samples of the `<class>/<image>` folder `root`, read as `folders`, whose classes must all
+/// be among `classes` (an empty folder of an unknown class is ignored). `rel_prefix` is
+/// prepended to each `rel`.
 fn labelled_samples(
     root: &Path,
+    folders: ClassFolders,
     classes: &[String],
     rel_prefix: &str,
-) -> Result<(Vec<Sample>, Vec<PathBuf>), DatasetError> {
-    let (folders, ignored) = scan_class_folders(root)?;
+) -> Result<Vec<Sample>, DatasetError> {
     let mut out = Vec::new();
     for (class, paths) in folders {
         let Some(label) = classes.iter().position(|c| *c == class) else {
@@ -390,7 +468,7 @@ fn labelled_samples(
             label,
         }));
     }
-    Ok((out, ignored))
+    Ok(out)
 }
 
 #[cfg(test)]
