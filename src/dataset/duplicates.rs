@@ -23,12 +23,13 @@ pub struct Duplicate {
 }
 
 /// The sha256 of a file's bytes, read in pieces (any size in bounded memory); `None` if it
-/// cannot be read.
+/// cannot be read or is empty (no image: embedding reports it as unreadable, which says more
+/// than calling empty files copies of each other).
 pub fn content_sha256(path: &Path) -> Option<String> {
     let mut f = std::fs::File::open(path).ok()?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).ok()?;
-    Some(hex::encode(h.finalize()))
+    let n = std::io::copy(&mut f, &mut h).ok()?;
+    (n > 0).then(|| hex::encode(h.finalize()))
 }
 
 impl Dataset {
@@ -66,4 +67,51 @@ impl Dataset {
         self.duplicates = duplicates;
     }
 
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SplitFractions;
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, p.as_os_str().as_encoded_bytes()).unwrap();
+    }
+
+    /// The finding: a frame captured twice under two numbers, one copy trained on and the
+    /// other in the test split, made held-out accuracy measure memory.
+    #[test]
+    fn held_out_copies_of_training_images_are_set_aside() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["a", "b"] {
+            for i in 0..20 {
+                touch(&d.path().join(format!("{c}/{i}.jpg")));
+            }
+        }
+        let fresh = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        assert!(fresh.duplicates.is_empty());
+        let (trained, held) = (&fresh.train[0], &fresh.test[0]);
+        std::fs::copy(&trained.path, &held.path).unwrap();
+        // An empty file is no copy of anything (it is reported as unreadable instead).
+        std::fs::write(&fresh.val[0].path, b"").unwrap();
+        std::fs::write(&fresh.train[1].path, b"").unwrap();
+        let ds = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        assert_eq!(
+            ds.duplicates,
+            [Duplicate {
+                file: held.rel.clone(),
+                split: Split::Test,
+                train_file: trained.rel.clone(),
+                sha256: content_sha256(&trained.path).unwrap(),
+            }]
+        );
+        assert_eq!(ds.test.len(), fresh.test.len() - 1);
+        assert!(ds.test.iter().all(|s| s.rel != held.rel));
+        assert_eq!(ds.train.len(), fresh.train.len());
+        assert_eq!(ds.val.len(), fresh.val.len());
+        // Deterministic: the same list every time.
+        let again = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        assert_eq!(again.duplicates, ds.duplicates);
+    }
 }

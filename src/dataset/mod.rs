@@ -8,7 +8,10 @@
 //!
 //! Class names are the folder names, sorted. Which files are images, and how folders are walked,
 //! is [`crate::discover`]'s rule: hidden entries are skipped, non-image files counted as ignored;
-//! files that turn out unreadable are reported later, when they are decoded.
+//! files that turn out unreadable are reported later, when they are decoded. All splits' folders
+//! are read in one walk, so a folder link never brings a folder into two classes or two splits.
+//! A validation or test image whose bytes are a training image's is set aside (listed in
+//! `duplicates`): a copy of a training image measures memory, not generalisation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,10 +20,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::discover::{self, Skipped, WalkError};
+use crate::discover::{Skipped, WalkError};
 
 mod duplicates;
+mod scan;
 pub use duplicates::{content_sha256, Duplicate};
+use scan::scan_class_folders;
 
 #[derive(Debug, Error)]
 pub enum DatasetError {
@@ -148,54 +153,6 @@ pub fn path_hash_unit(rel: &str) -> f64 {
 
 /// Class name → its image paths, sorted.
 type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
-
-/// `<class>/<image>` folders read in one walk (no folder read twice across them).
-struct Scan {
-    /// Per folder: its classes, and the non-image files it holds.
-    folders: Vec<(ClassFolders, Vec<PathBuf>)>,
-    skipped: Vec<Skipped>,
-}
-
-/// Reads each of `dirs` (inside `root`) as a `<class>/<image>` folder. Nested sub-folders inside
-/// a class folder are searched too; a class folder that is a link the walk does not follow is
-/// no class.
-fn scan_class_folders(root: &Path, dirs: &[PathBuf]) -> Result<Scan, DatasetError> {
-    let mut folders: Vec<(ClassFolders, Vec<PathBuf>)> = Vec::new();
-    let mut class_dirs = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let mut ignored = Vec::new();
-        for entry in discover::entries(dir)? {
-            if entry.is_dir() {
-                class_dirs.push((i, entry));
-            } else {
-                ignored.push(entry);
-            }
-        }
-        folders.push((BTreeMap::new(), ignored));
-    }
-    let paths: Vec<PathBuf> = class_dirs.iter().map(|(_, d)| d.clone()).collect();
-    let found = discover::walk_all(root, &paths)?;
-    let mut skipped = Vec::new();
-    for ((i, dir), f) in class_dirs.into_iter().zip(found) {
-        let (classes, ignored) = &mut folders[i];
-        ignored.extend(f.other);
-        let refused = f.skipped.iter().any(|s| s.link == dir);
-        skipped.extend(f.skipped);
-        if !refused {
-            let name = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            classes.insert(name, f.images);
-        }
-    }
-    for (_, ignored) in &mut folders {
-        ignored.sort();
-    }
-    skipped.sort_by(|a, b| a.link.cmp(&b.link));
-    Ok(Scan { folders, skipped })
-}
 
 fn rel_to(path: &Path, root: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
@@ -475,9 +432,10 @@ fn labelled_samples(
 mod tests {
     use super::*;
 
+    /// A file whose bytes are its path: no two alike, as no two photos are.
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, b"x").unwrap();
+        std::fs::write(p, p.as_os_str().as_encoded_bytes()).unwrap();
     }
 
     #[test]
