@@ -252,12 +252,10 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     let data = tmp.path().join("data");
     copy_hymenoptera(&data, &[("ants", 12), ("bees", 12)]);
     // `serve` reads a .jfif from a folder, so training takes it too.
-    let first_ant = std::fs::read_dir(data.join("ants")).unwrap().next();
-    std::fs::copy(
-        first_ant.unwrap().unwrap().path(),
-        data.join("ants/copy.JFIF"),
-    )
-    .unwrap();
+    // A copy of the first ant by name (not the directory's first entry, which varies by file
+    // system): the copy hashes into training, the original into the test split.
+    let first_ant = &hymenoptera_images("train", "ants")[0];
+    std::fs::copy(first_ant, data.join("ants/copy.JFIF")).unwrap();
     std::fs::write(data.join("ants/notes.txt"), "hello").unwrap();
     std::fs::write(data.join("ants/.DS_Store"), "x").unwrap();
     std::fs::write(data.join("bees/broken.jpg"), "not a jpeg").unwrap();
@@ -295,6 +293,7 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     // path hashes into the test split) is left out of evaluation, a copy of a training image.
     assert_eq!(total, 24);
     assert_eq!(r["duplicates"].as_array().unwrap().len(), 1, "{}", r["duplicates"]);
+    assert_eq!(r["duplicates"][0]["file"], "ants/0013035.jpg");
     assert_eq!(r["duplicates"][0]["train_file"], "ants/copy.JFIF");
     assert_eq!(r["duplicates"][0]["split"], "test");
 }
