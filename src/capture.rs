@@ -151,7 +151,11 @@ pub fn capture(
             }
         };
         if !hashes.insert(hex::encode(Sha256::digest(&bytes))) {
-            log::info!("{}: already in {}, not saved again", frame.name, dir.display());
+            log::info!(
+                "{}: already in {}, not saved again",
+                frame.name,
+                dir.display()
+            );
             duplicates += 1;
             continue;
         }

@@ -95,9 +95,8 @@ fn too_small_to_fit(y: &[usize], classes: usize) -> Option<String> {
         ));
     }
     let missing = (0..classes).filter(|c| !y.contains(c)).count();
-    (missing > 0).then(|| {
-        format!("{missing} class(es) have no validation image: temperature kept at 1")
-    })
+    (missing > 0)
+        .then(|| format!("{missing} class(es) have no validation image: temperature kept at 1"))
 }
 
 /// Fits the temperature on validation logits, and keeps it only if it generalises: fitted on
@@ -299,7 +298,11 @@ mod tests {
         let choice = choose_temperature(&logits, &y);
         assert_eq!(choice.temperature, 1.0);
         assert!(
-            choice.not_fitted.as_deref().unwrap().starts_with("validation has 19 image(s)"),
+            choice
+                .not_fitted
+                .as_deref()
+                .unwrap()
+                .starts_with("validation has 19 image(s)"),
             "{choice:?}"
         );
         // Enough images, but a third class never seen in validation.

@@ -376,7 +376,10 @@ mod tests {
         let dirs = [r.join("ants"), r.join("bees")];
         let found = walk_all(r, &dirs).unwrap();
         assert_eq!(names(r, &found[0].images), ["ants/1.jpg", "ants/2.jpg"]);
-        assert_eq!(names(r, &found[1].images), ["bees/1.jpg", "bees/deep/2.jpg"]);
+        assert_eq!(
+            names(r, &found[1].images),
+            ["bees/1.jpg", "bees/deep/2.jpg"]
+        );
         let canon = |p: &str| std::fs::canonicalize(r.join(p)).unwrap();
         assert_eq!(
             found[0].skipped,
@@ -397,7 +400,10 @@ mod tests {
         assert_eq!(found[1].skipped[0].reason, SkipReason::Loop);
         let line = found[0].skipped[1].to_string();
         assert!(line.starts_with(&format!("{}: link to ", r.join("ants/up").display())));
-        assert!(line.ends_with("not followed: it leads back up the tree (a loop)"), "{line}");
+        assert!(
+            line.ends_with("not followed: it leads back up the tree (a loop)"),
+            "{line}"
+        );
         // Alone, the ants folder is the root: both links lead out of it.
         let alone = walk(&r.join("ants")).unwrap();
         assert_eq!(alone.images.len(), 2);

@@ -265,7 +265,10 @@ fn warn_skipped(skipped: &[Skipped]) {
 
 /// The classes (in class order) with no sample in `split`.
 fn classes_without(classes: &[String], split: &[(Sample, Vec<Vec<f32>>)]) -> Vec<String> {
-    let counts = class_counts(classes, &split.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
+    let counts = class_counts(
+        classes,
+        &split.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(),
+    );
     classes
         .iter()
         .filter(|c| counts[*c] == 0)
@@ -461,7 +464,12 @@ pub fn finetune(
             cache_dir: opts.cache_dir.as_ref().map(|d| d.display().to_string()),
         },
         unreadable,
-        skipped_links: ds.skipped_links.iter().chain(&unknown_skipped).cloned().collect(),
+        skipped_links: ds
+            .skipped_links
+            .iter()
+            .chain(&unknown_skipped)
+            .cloned()
+            .collect(),
         duplicates: ds.duplicates.clone(),
         classes_without_validation,
         classes_without_test,

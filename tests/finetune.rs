@@ -292,7 +292,12 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     // 12 ants, 12 readable bees and the .JFIF copy, which is trained on; so its original (whose
     // path hashes into the test split) is left out of evaluation, a copy of a training image.
     assert_eq!(total, 24);
-    assert_eq!(r["duplicates"].as_array().unwrap().len(), 1, "{}", r["duplicates"]);
+    assert_eq!(
+        r["duplicates"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r["duplicates"]
+    );
     assert_eq!(r["duplicates"][0]["file"], "ants/0013035.jpg");
     assert_eq!(r["duplicates"][0]["train_file"], "ants/copy.JFIF");
     assert_eq!(r["duplicates"][0]["split"], "test");
@@ -346,8 +351,14 @@ fn small_run() -> &'static SmallRun {
 fn a_class_missing_from_validation_or_test_is_reported_and_fits_no_temperature() {
     let run = small_run();
     let r = ok_json(&run.output);
-    assert_eq!(r["counts"]["val"], serde_json::json!({"ants": 0, "bees": 2}));
-    assert_eq!(r["counts"]["test"], serde_json::json!({"ants": 4, "bees": 0}));
+    assert_eq!(
+        r["counts"]["val"],
+        serde_json::json!({"ants": 0, "bees": 2})
+    );
+    assert_eq!(
+        r["counts"]["test"],
+        serde_json::json!({"ants": 4, "bees": 0})
+    );
     assert_eq!(r["classes_without_validation"], serde_json::json!(["ants"]));
     assert_eq!(r["classes_without_test"], serde_json::json!(["bees"]));
     let choice = &r["temperature_choice"];
@@ -418,8 +429,14 @@ fn evaluate_follows_no_link_up_the_tree_or_into_another_class() {
     let err = stderr(&o);
     let warned: Vec<&str> = err.lines().filter(|l| l.contains("not followed")).collect();
     assert_eq!(warned.len(), 2, "{err}");
-    assert!(warned[0].contains(&format!("{}: link to ", sib.display())), "{err}");
-    assert!(warned[1].contains("it leads back up the tree (a loop)"), "{err}");
+    assert!(
+        warned[0].contains(&format!("{}: link to ", sib.display())),
+        "{err}"
+    );
+    assert!(
+        warned[1].contains("it leads back up the tree (a loop)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -427,7 +444,7 @@ fn heads_are_checked_before_use() {
     let run = small_run();
     ok_json(&run.output);
     let tmp = tempfile::tempdir().unwrap();
-    let (data, out, cache) = (&run.data, &run.out, &run.cache);
+    let (data, out, cache) = (run.data.clone(), run.out.clone(), run.cache.clone());
     let img = data
         .join("ants")
         .read_dir()

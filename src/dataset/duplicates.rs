@@ -5,22 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-use super::{Dataset, Split};
-
-/// A held-out image whose file is byte for byte a training image.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Duplicate {
-    /// The held-out image, relative to the data folder.
-    pub file: String,
-    /// The split it was taken out of.
-    pub split: Split,
-    /// The training image with the same bytes.
-    pub train_file: String,
-    pub sha256: String,
-}
 
 /// The sha256 of a file's bytes, read in pieces (any size in bounded memory); `None` if it
 /// cannot be read or is empty (no image: embedding reports it as unreadable, which says more
@@ -32,46 +17,34 @@ pub fn content_sha256(path: &Path) -> Option<String> {
     (n > 0).then(|| hex::encode(h.finalize()))
 }
 
-impl Dataset {
-    /// Takes out of validation and test every image whose bytes are a training image's, and
-    /// lists it in `duplicates` (in split, then path order). A file that cannot be read is left
-    /// where it is: embedding reports it as unreadable.
-    pub(super) fn set_aside_duplicates(&mut self) {
-        if self.val.is_empty() && self.test.is_empty() {
-            return;
-        }
-        let mut trained: BTreeMap<String, &str> = BTreeMap::new();
-        for s in &self.train {
-            if let Some(h) = content_sha256(&s.path) {
-                trained.entry(h).or_insert(&s.rel);
+/// The training images by content hash (the first by path for bytes saved twice), to look
+/// held-out images up in.
+pub struct TrainingCopies<'a> {
+    by_hash: BTreeMap<String, &'a str>,
+}
+
+impl<'a> TrainingCopies<'a> {
+    /// From each training image's path and name (`rel`).
+    pub fn of(train: impl Iterator<Item = (&'a Path, &'a str)>) -> TrainingCopies<'a> {
+        let mut by_hash = BTreeMap::new();
+        for (path, rel) in train {
+            if let Some(h) = content_sha256(path) {
+                by_hash.entry(h).or_insert(rel);
             }
         }
-        let mut duplicates = Vec::new();
-        for (split, samples) in [(Split::Val, &mut self.val), (Split::Test, &mut self.test)] {
-            samples.retain(|s| {
-                let Some(h) = content_sha256(&s.path) else {
-                    return true;
-                };
-                let Some(train_file) = trained.get(&h) else {
-                    return true;
-                };
-                duplicates.push(Duplicate {
-                    file: s.rel.clone(),
-                    split,
-                    train_file: train_file.to_string(),
-                    sha256: h,
-                });
-                false
-            });
-        }
-        self.duplicates = duplicates;
+        TrainingCopies { by_hash }
     }
 
+    /// The training image with the bytes of the file at `path`, and their sha256.
+    pub fn find(&self, path: &Path) -> Option<(&'a str, String)> {
+        let h = content_sha256(path)?;
+        self.by_hash.get(&h).map(|rel| (*rel, h))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::SplitFractions;
+    use super::super::{Dataset, Duplicate, Split, SplitFractions};
     use super::*;
 
     fn touch(p: &Path) {

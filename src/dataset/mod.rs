@@ -24,8 +24,9 @@ use crate::discover::{Skipped, WalkError};
 
 mod duplicates;
 mod scan;
-pub use duplicates::{content_sha256, Duplicate};
-use scan::scan_class_folders;
+pub use duplicates::content_sha256;
+use duplicates::TrainingCopies;
+use scan::{scan_class_folders, ClassFolders};
 
 #[derive(Debug, Error)]
 pub enum DatasetError {
@@ -144,15 +145,24 @@ pub struct Dataset {
     pub duplicates: Vec<Duplicate>,
 }
 
+/// A held-out image whose file is byte for byte a training image.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Duplicate {
+    /// The held-out image, relative to the data folder.
+    pub file: String,
+    /// The split it was taken out of.
+    pub split: Split,
+    /// The training image with the same bytes.
+    pub train_file: String,
+    pub sha256: String,
+}
+
 /// Uniform in [0, 1) from a relative path; stable across machines and runs.
 pub fn path_hash_unit(rel: &str) -> f64 {
     let d = Sha256::digest(rel.as_bytes());
     let v = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
     v as f64 / 2f64.powi(64)
 }
-
-/// Class name → its image paths, sorted.
-type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
 
 fn rel_to(path: &Path, root: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
@@ -333,6 +343,36 @@ impl Dataset {
                 }
             }
         }
+    }
+
+    /// Takes out of validation and test every image whose bytes are a training image's, and
+    /// lists it in `duplicates` (in split, then path order). A file that cannot be read is left
+    /// where it is: embedding reports it as unreadable.
+    fn set_aside_duplicates(&mut self) {
+        if self.val.is_empty() && self.test.is_empty() {
+            return;
+        }
+        let copies = TrainingCopies::of(
+            self.train
+                .iter()
+                .map(|s| (s.path.as_path(), s.rel.as_str())),
+        );
+        let mut duplicates = Vec::new();
+        for (split, samples) in [(Split::Val, &mut self.val), (Split::Test, &mut self.test)] {
+            samples.retain(|s| match copies.find(&s.path) {
+                Some((train_file, sha256)) => {
+                    duplicates.push(Duplicate {
+                        file: s.rel.clone(),
+                        split,
+                        train_file: train_file.to_string(),
+                        sha256,
+                    });
+                    false
+                }
+                None => true,
+            });
+        }
+        self.duplicates = duplicates;
     }
 
     pub fn counts(&self, split: Split) -> Vec<usize> {

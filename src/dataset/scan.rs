@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{ClassFolders, DatasetError};
-use crate::discover::{self, Skipped};
+use crate::discover::{self, Skipped, WalkError};
+
+/// Class name → its image paths, sorted.
+pub type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
 
 /// `<class>/<image>` folders read in one walk (no folder read twice across them).
 pub(super) struct Scan {
@@ -17,7 +19,7 @@ pub(super) struct Scan {
 /// Reads each of `dirs` (inside `root`) as a `<class>/<image>` folder. Nested sub-folders inside
 /// a class folder are searched too; a class folder that is a link the walk does not follow is
 /// no class.
-pub(super) fn scan_class_folders(root: &Path, dirs: &[PathBuf]) -> Result<Scan, DatasetError> {
+pub(super) fn scan_class_folders(root: &Path, dirs: &[PathBuf]) -> Result<Scan, WalkError> {
     let mut folders: Vec<(ClassFolders, Vec<PathBuf>)> = Vec::new();
     let mut class_dirs = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
@@ -54,7 +56,6 @@ pub(super) fn scan_class_folders(root: &Path, dirs: &[PathBuf]) -> Result<Scan, 
     skipped.sort_by(|a, b| a.link.cmp(&b.link));
     Ok(Scan { folders, skipped })
 }
-
 
 #[cfg(test)]
 mod tests {

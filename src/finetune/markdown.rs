@@ -76,7 +76,10 @@ impl Report {
             (&self.classes_without_test, "test"),
         ] {
             if !list.is_empty() {
-                s.push_str(&format!("- class(es) with no {what} image: {}\n", list.join(", ")));
+                s.push_str(&format!(
+                    "- class(es) with no {what} image: {}\n",
+                    list.join(", ")
+                ));
             }
         }
         if let Some(why) = &self.temperature_choice.not_fitted {
