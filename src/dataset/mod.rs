@@ -50,6 +50,21 @@ pub enum DatasetError {
     },
     #[error("invalid split '{0}': expected three percentages like 70/15/15 summing to 100")]
     BadSplit(String),
+    /// A data set refused while folder links were left out: they may be why (a class folder that
+    /// is a link out of the data folder is no class).
+    #[error("{error}; {first}{}", more_links(*.more))]
+    LinksNotFollowed {
+        error: Box<DatasetError>,
+        first: Box<Skipped>,
+        more: usize,
+    },
+}
+
+fn more_links(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(" (and {n} more folder link(s))"),
+    }
 }
 
 impl From<WalkError> for DatasetError {
@@ -205,7 +220,7 @@ impl Dataset {
     fn open_flat(root: &Path, fr: SplitFractions) -> Result<Dataset, DatasetError> {
         let mut scan = scan_class_folders(root, &[root.to_path_buf()])?;
         let (folders, ignored) = scan.folders.remove(0);
-        let classes = check_classes(root, &folders)?;
+        let classes = check_classes(root, &folders).map_err(|e| e.with_links(&scan.skipped))?;
         let mut ds = Dataset::empty(root, classes, ignored);
         ds.skipped_links = scan.skipped;
         for (label, (_, paths)) in folders.iter().enumerate() {
@@ -257,7 +272,8 @@ impl Dataset {
             ignored.extend(ign);
             held_out.insert(name, folders);
         }
-        let classes = check_classes(&train_root, &folders)?;
+        let classes =
+            check_classes(&train_root, &folders).map_err(|e| e.with_links(&scan.skipped))?;
         let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
         ds.skipped_links = scan.skipped;
         let carve_val = !has_test || !has_val;
@@ -386,6 +402,20 @@ impl Dataset {
             c[s.label] += 1;
         }
         c
+    }
+}
+
+impl DatasetError {
+    /// This error, naming the folder links the walk did not follow when there were any.
+    fn with_links(self, skipped: &[Skipped]) -> DatasetError {
+        match skipped.split_first() {
+            None => self,
+            Some((first, rest)) => DatasetError::LinksNotFollowed {
+                error: Box::new(self),
+                first: Box::new(first.clone()),
+                more: rest.len(),
+            },
+        }
     }
 }
 

@@ -86,4 +86,35 @@ mod tests {
         assert_eq!(ds.skipped_links[0].link, d.path().join("train/x/peek"));
         assert_eq!(ds.skipped_links[0].reason, discover::SkipReason::ReadTwice);
     }
+
+    /// A class folder that is a link out of the data folder is no class, and the error that
+    /// follows says so.
+    #[cfg(unix)]
+    #[test]
+    fn a_class_folder_linked_from_outside_is_named_in_the_error() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        for i in 0..3 {
+            touch(&data.join(format!("ants/{i}.jpg")));
+            touch(&d.path().join(format!("elsewhere/bees/{i}.jpg")));
+        }
+        std::os::unix::fs::symlink(d.path().join("elsewhere/bees"), data.join("bees")).unwrap();
+        let e = Dataset::open(&data, SplitFractions::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("{}: only one class ('ants')", data.display())),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(&format!(
+                "; {}: link to {} not followed: it leads out of the folder being read",
+                data.join("bees").display(),
+                std::fs::canonicalize(d.path().join("elsewhere/bees"))
+                    .unwrap()
+                    .display()
+            )),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+    }
 }
