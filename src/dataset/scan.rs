@@ -117,4 +117,33 @@ mod tests {
         );
         assert_eq!(text.lines().count(), 1);
     }
+
+    #[test]
+    fn every_image_discover_knows_is_trained_on() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["a", "b"] {
+            touch(&d.path().join(format!("{c}/1.jpg")));
+            touch(&d.path().join(format!("{c}/2.jfif")));
+            touch(&d.path().join(format!("{c}/deep/3.JFIF")));
+        }
+        let ds = Dataset::open(d.path(), SplitFractions::default()).unwrap();
+        let mut rels: Vec<&str> = [&ds.train, &ds.val, &ds.test]
+            .into_iter()
+            .flatten()
+            .map(|s| s.rel.as_str())
+            .collect();
+        rels.sort();
+        assert_eq!(
+            rels,
+            [
+                "a/1.jpg",
+                "a/2.jfif",
+                "a/deep/3.JFIF",
+                "b/1.jpg",
+                "b/2.jfif",
+                "b/deep/3.JFIF"
+            ]
+        );
+        assert!(ds.ignored_files.is_empty(), "{:?}", ds.ignored_files);
+    }
 }
