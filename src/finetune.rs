@@ -2,7 +2,9 @@
 //! metrics → head file and reports, written atomically into the output directory.
 
 mod assess;
+mod markdown;
 pub use assess::{assess, markdown as assessment_markdown, plots, Assessment, NoveltySummary};
+pub use markdown::plot_links;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,8 @@ use crate::augment::AugmentParams;
 use crate::backbone::Backbone;
 use crate::classifier::{backbone_ref, check_class_name, ClassNameError, UNKNOWN_LABEL};
 use crate::confidence::{CalibrationReport, TemperatureChoice};
-use crate::dataset::{Dataset, Sample, SplitFractions};
-use crate::discover;
+use crate::dataset::{Dataset, Duplicate, Sample, SplitFractions};
+use crate::discover::{self, Skipped};
 use crate::features::{self, Cache, EmbedStats, ViewSpec};
 use crate::fsutil;
 use crate::head::{
@@ -127,6 +129,17 @@ pub struct Report {
     pub plots: Vec<String>,
     pub embeddings: EmbeddingCounts,
     pub unreadable: Vec<Unreadable>,
+    /// Folder links not followed (data set and unknown-image folder).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_links: Vec<Skipped>,
+    /// Validation and test images that were byte-for-byte training images, left out of both.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<Duplicate>,
+    /// Classes with no readable validation image, and with no test image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes_without_validation: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes_without_test: Vec<String>,
     pub timings: Timings,
 }
 
@@ -175,15 +188,20 @@ struct Embedder<'a> {
     cancel: &'a AtomicBool,
     progress: &'a dyn Progress,
     unreadable: Vec<Unreadable>,
+    /// Folder links the unknown-image folder's walk did not follow.
+    skipped: Vec<Skipped>,
     stats: EmbedStats,
 }
 
 impl Embedder<'_> {
     /// Embeds every image under `dir` (plain view only: novelty is scored on it).
     fn embed_unknown(&mut self, dir: &Path) -> Result<Vec<(Sample, Vec<Vec<f32>>)>> {
-        let paths = discover::images_under(dir)
+        let found = discover::walk(dir)
             .map_err(|e| e.error)
             .with_context(|| format!("{}: cannot read the unknown-image folder", dir.display()))?;
+        warn_skipped(&found.skipped);
+        self.skipped.extend(found.skipped);
+        let paths = found.images;
         if paths.is_empty() {
             bail!("{}: no images in the unknown-image folder", dir.display());
         }
@@ -238,6 +256,26 @@ impl Embedder<'_> {
     }
 }
 
+/// One warning line per folder link not followed.
+fn warn_skipped(skipped: &[Skipped]) {
+    for s in skipped {
+        log::warn!("{s}");
+    }
+}
+
+/// The classes (in class order) with no sample in `split`.
+fn classes_without(classes: &[String], split: &[(Sample, Vec<Vec<f32>>)]) -> Vec<String> {
+    let counts = class_counts(
+        classes,
+        &split.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(),
+    );
+    classes
+        .iter()
+        .filter(|c| counts[*c] == 0)
+        .cloned()
+        .collect()
+}
+
 /// What training reads of an embedded split: each image's class and views.
 fn examples(split: &[(Sample, Vec<Vec<f32>>)]) -> Vec<Example<'_>> {
     split
@@ -281,6 +319,13 @@ pub fn finetune(
             ),
         }
     }
+    warn_skipped(&ds.skipped_links);
+    if !ds.duplicates.is_empty() {
+        log::warn!(
+            "{} validation/test image(s) are byte for byte training images: left out of evaluation (listed in report.json)",
+            ds.duplicates.len()
+        );
+    }
     prepare_out_dir(&opts.out)?;
     for note in &ds.notes {
         progress.stage(note);
@@ -298,6 +343,7 @@ pub fn finetune(
         cancel,
         progress,
         unreadable: Vec::new(),
+        skipped: Vec::new(),
         stats: EmbedStats::default(),
     };
     let t_embed = Instant::now();
@@ -310,7 +356,10 @@ pub fn finetune(
         None => None,
     };
     let Embedder {
-        unreadable, stats, ..
+        unreadable,
+        stats,
+        skipped: unknown_skipped,
+        ..
     } = embedder;
     let embed_s = t_embed.elapsed().as_secs_f64();
     if !unreadable.is_empty() {
@@ -334,6 +383,19 @@ pub fn finetune(
     }
     if val.is_empty() {
         progress.stage("no validation images: early stopping watches the training loss instead");
+    }
+    let classes_without_validation = classes_without(&classes, &val);
+    let classes_without_test = classes_without(&classes, &test);
+    for (list, what) in [
+        (&classes_without_validation, "validation"),
+        (&classes_without_test, "test"),
+    ] {
+        if !list.is_empty() {
+            log::warn!(
+                "class(es) with no {what} image: {} (add images, or give a {what} folder)",
+                list.join(", ")
+            );
+        }
     }
 
     let train_embeddings: usize = train.iter().map(|(_, views)| views.len()).sum();
@@ -363,6 +425,9 @@ pub fn finetune(
         |e| progress.epoch(e),
     )?;
     let train_s = t_train.elapsed().as_secs_f64();
+    if let Some(why) = &temperature.not_fitted {
+        log::warn!("{why}");
+    }
 
     let t_eval = Instant::now();
     let unknown_dir = opts.unknown.as_deref().zip(unknown.as_deref());
@@ -410,6 +475,15 @@ pub fn finetune(
             cache_dir: opts.cache_dir.as_ref().map(|d| d.display().to_string()),
         },
         unreadable,
+        skipped_links: ds
+            .skipped_links
+            .iter()
+            .chain(&unknown_skipped)
+            .cloned()
+            .collect(),
+        duplicates: ds.duplicates.clone(),
+        classes_without_validation,
+        classes_without_test,
         timings: Timings {
             load_s,
             embed_s,
@@ -472,8 +546,9 @@ pub fn evaluate_folder(
     threads: usize,
     cancel: &AtomicBool,
     progress: &dyn Progress,
-) -> Result<(Assessment, Vec<Unreadable>)> {
-    let (samples, _ignored) = crate::dataset::open_labelled_folder(dir, &head.classes)?;
+) -> Result<(Assessment, Vec<Unreadable>, Vec<Skipped>)> {
+    let labelled = crate::dataset::open_labelled_folder(dir, &head.classes)?;
+    warn_skipped(&labelled.skipped_links);
     let mut embedder = Embedder {
         backbone,
         cache: Cache::new(cache_dir),
@@ -481,80 +556,20 @@ pub fn evaluate_folder(
         cancel,
         progress,
         unreadable: Vec::new(),
+        skipped: Vec::new(),
         stats: EmbedStats::default(),
     };
-    let embedded = embedder.embed(samples, &ViewSpec::fixed(views), "embedding")?;
+    let embedded = embedder.embed(labelled.samples, &ViewSpec::fixed(views), "embedding")?;
     let unknown_embedded = match unknown {
         Some(u) => Some(embedder.embed_unknown(u)?),
         None => None,
     };
     let unreadable = embedder.unreadable;
+    let mut skipped = labelled.skipped_links;
+    skipped.extend(embedder.skipped);
     if embedded.is_empty() {
         bail!("{}: no readable images to evaluate", dir.display());
     }
     let assessment = assess(head, &embedded, unknown.zip(unknown_embedded.as_deref()));
-    Ok((assessment, unreadable))
-}
-
-/// The Markdown lines linking the plots written beside report.md.
-pub fn plot_links(plots: &[String]) -> String {
-    if plots.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from("\n## Plots\n\n");
-    for p in plots {
-        s.push_str(&format!("![{p}]({p})\n\n"));
-    }
-    s
-}
-
-impl Report {
-    pub fn to_markdown(&self) -> String {
-        let mut s = format!("# edge-mnv2 fine-tuning report\n\nData: `{}`  \nBackbone: `{}` (sha256 `{}`)  \nClasses: {}\n\n", self.data, self.model.name, self.model.sha256, self.classes.join(", "));
-        s.push_str("## Data\n\n| class | train | val | test |\n|---|---|---|---|\n");
-        for c in &self.classes {
-            s.push_str(&format!(
-                "| {c} | {} | {} | {} |\n",
-                self.counts.train[c], self.counts.val[c], self.counts.test[c]
-            ));
-        }
-        s.push('\n');
-        for n in &self.split_notes {
-            s.push_str(&format!("- {n}\n"));
-        }
-        s.push_str(&format!(
-            "- training embeddings: {} (views {} and {} random augmented view(s) per image; validation and test images: views {})\n- unreadable images skipped: {}\n- non-image files ignored: {}\n\n",
-            self.counts.train_views, self.views.join(", "), self.augment, self.views.join(", "), self.counts.unreadable, self.counts.ignored_files
-        ));
-        s.push_str(&format!(
-            "## Training\n\nSeed {}, Adam lr {}, batch {}, L2 {}, class weighting {}, standardised {}.  \nRan {} epoch(s), best epoch {} (validation loss {}){}.\n\n",
-            self.seed,
-            self.config.lr,
-            self.config.batch_size,
-            self.config.weight_decay,
-            self.config.class_weighting,
-            self.config.standardize,
-            self.training.epochs_run,
-            self.training.best_epoch,
-            self.training.best_val_loss.map_or("n/a".into(), |l| format!("{l:.4}")),
-            if self.training.stopped_early { ", stopped early" } else { "" }
-        ));
-        s.push_str("## Held-out test set\n\n");
-        match &self.test {
-            Some(e) => s.push_str(&e.to_markdown(50)),
-            None => s.push_str("The test split is empty: no held-out metrics.\n"),
-        }
-        let t = &self.timings;
-        s.push_str(&format!(
-            "\n## Timings\n\nload {:.2} s, embed {:.2} s ({} computed, {} from cache), train {:.2} s, evaluate {:.2} s, total {:.2} s\n",
-            t.load_s, t.embed_s, self.embeddings.computed, self.embeddings.cached, t.train_s, t.eval_s, t.total_s
-        ));
-        if !self.unreadable.is_empty() {
-            s.push_str("\n## Unreadable images\n\n");
-            for u in &self.unreadable {
-                s.push_str(&format!("- {}\n", u.reason));
-            }
-        }
-        s
-    }
+    Ok((assessment, unreadable, skipped))
 }

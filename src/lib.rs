@@ -38,9 +38,11 @@
 //! - [`head`]: embedding → label: the softmax head (its dense layer as `ndarray` arrays), its
 //!   file (every version still reads) and its training, which returns a complete head.
 //! - [`numeric`]: the one softmax and the one argmax every probability goes through.
-//! - [`dataset`]: a labelled folder and its deterministic splits.
+//! - [`dataset`]: a labelled folder and its deterministic splits (held-out copies of training
+//!   images set aside).
 //! - [`discover`]: which files are images and how folders are walked (hidden entries skipped,
-//!   links followed), for every reader of image folders.
+//!   file links followed, folder links only inside the folder read and never to a folder twice),
+//!   for every reader of image folders.
 //! - [`augment`]: random flip / rotation / zoom views for training.
 //! - [`views`]: the fixed views (plain, flip, centre crop, its flip) training and prediction share.
 //! - [`novelty`]: how far an embedding is from the training data, and the `unknown` threshold.

@@ -146,7 +146,7 @@ pub fn capture(args: CaptureArgs) -> Result<ExitCode> {
     }
     let spec = SourceSpec::parse(args.source.source.as_deref().unwrap_or(DEFAULT_SOURCE));
     let cancel = progress::cancel_on_ctrl_c();
-    let saved = capture::capture(
+    let captured = capture::capture(
         &spec,
         camera,
         &args.class,
@@ -155,8 +155,13 @@ pub fn capture(args: CaptureArgs) -> Result<ExitCode> {
         Duration::from_secs_f64(args.interval),
         cancel,
     )?;
+    let saved = captured.saved;
+    let duplicates = match captured.duplicates {
+        0 => String::new(),
+        n => format!(" (skipped {n} duplicates)"),
+    };
     println!(
-        "saved {} frames to {}",
+        "saved {} frames to {}{duplicates}",
         saved.len(),
         args.data.join(&args.class).display()
     );

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use edge_mnv2::augment::AugmentParams;
 use edge_mnv2::confidence::CalibrationReport;
+use edge_mnv2::discover::Skipped;
 use edge_mnv2::finetune::{self, FinetuneOptions, Unreadable};
 use edge_mnv2::fsutil;
 use edge_mnv2::head::TrainConfig;
@@ -28,6 +29,9 @@ struct EvaluateReport<'a> {
     head: &'a Path,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     plots: Vec<String>,
+    /// Folder links not followed (each also a warning line on stderr).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    skipped_links: &'a [Skipped],
     test: &'a Evaluation,
     #[serde(skip_serializing_if = "Option::is_none")]
     unknown: Option<&'a UnknownReport>,
@@ -121,7 +125,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<ExitCode> {
     let c = loader::classifier(&args.head, &args.model.choice())?;
     let progress = progress::Terminal::new();
     let views = args.views.unwrap_or(c.head.views);
-    let (assessment, unreadable) = finetune::evaluate_folder(
+    let (assessment, unreadable, skipped_links) = finetune::evaluate_folder(
         &c.backbone,
         &c.head,
         &args.testdir,
@@ -144,6 +148,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<ExitCode> {
         data: &args.testdir,
         head: &args.head,
         plots: plots.iter().map(|(name, _)| name.clone()).collect(),
+        skipped_links: &skipped_links,
         test: &assessment.test,
         unknown: assessment.unknown.as_ref(),
         unreadable: &unreadable,

@@ -8,7 +8,10 @@
 //!
 //! Class names are the folder names, sorted. Which files are images, and how folders are walked,
 //! is [`crate::discover`]'s rule: hidden entries are skipped, non-image files counted as ignored;
-//! files that turn out unreadable are reported later, when they are decoded.
+//! files that turn out unreadable are reported later, when they are decoded. All splits' folders
+//! are read in one walk, so a folder link never brings a folder into two classes or two splits.
+//! A validation or test image whose bytes are a training image's is set aside (listed in
+//! `duplicates`): a copy of a training image measures memory, not generalisation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::discover::{self, WalkError};
+use crate::discover::{Skipped, WalkError};
+
+mod duplicates;
+mod scan;
+pub use duplicates::content_sha256;
+use duplicates::TrainingCopies;
+use scan::{scan_class_folders, ClassFolders};
 
 #[derive(Debug, Error)]
 pub enum DatasetError {
@@ -41,6 +50,21 @@ pub enum DatasetError {
     },
     #[error("invalid split '{0}': expected three percentages like 70/15/15 summing to 100")]
     BadSplit(String),
+    /// A data set refused while folder links were left out: they may be why (a class folder that
+    /// is a link out of the data folder is no class).
+    #[error("{error}; {first}{}", more_links(*.more))]
+    LinksNotFollowed {
+        error: Box<DatasetError>,
+        first: Box<Skipped>,
+        more: usize,
+    },
+}
+
+fn more_links(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(" (and {n} more folder link(s))"),
+    }
 }
 
 impl From<WalkError> for DatasetError {
@@ -58,6 +82,17 @@ pub enum Split {
     Train,
     Val,
     Test,
+}
+
+impl Split {
+    /// The name reports give the split (as its JSON spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +153,23 @@ pub struct Dataset {
     pub notes: Vec<String>,
     /// Files skipped because they are not images (by extension).
     pub ignored_files: Vec<PathBuf>,
+    /// Folder links the walk did not follow (out of the data folder, loops, folders read twice).
+    pub skipped_links: Vec<Skipped>,
+    /// Validation and test images whose bytes are also a training image's: set aside, since a
+    /// copy of a training image measures memory, not generalisation.
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A held-out image whose file is byte for byte a training image.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Duplicate {
+    /// The held-out image, relative to the data folder.
+    pub file: String,
+    /// The split it was taken out of.
+    pub split: Split,
+    /// The training image with the same bytes.
+    pub train_file: String,
+    pub sha256: String,
 }
 
 /// Uniform in [0, 1) from a relative path; stable across machines and runs.
@@ -125,31 +177,6 @@ pub fn path_hash_unit(rel: &str) -> f64 {
     let d = Sha256::digest(rel.as_bytes());
     let v = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
     v as f64 / 2f64.powi(64)
-}
-
-/// Class name → its image paths, sorted.
-type ClassFolders = BTreeMap<String, Vec<PathBuf>>;
-
-/// One `<class>/<image>` folder: its classes, plus the non-image files it holds.
-/// Nested sub-folders inside a class folder are searched too.
-fn scan_class_folders(root: &Path) -> Result<(ClassFolders, Vec<PathBuf>), DatasetError> {
-    let mut classes = BTreeMap::new();
-    let mut ignored = Vec::new();
-    for entry in discover::entries(root)? {
-        if !entry.is_dir() {
-            ignored.push(entry);
-            continue;
-        }
-        let name = entry
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let found = discover::walk(&entry)?;
-        ignored.extend(found.other);
-        classes.insert(name, found.images);
-    }
-    Ok((classes, ignored))
 }
 
 fn rel_to(path: &Path, root: &Path) -> String {
@@ -191,9 +218,11 @@ impl Dataset {
     }
 
     fn open_flat(root: &Path, fr: SplitFractions) -> Result<Dataset, DatasetError> {
-        let (folders, ignored) = scan_class_folders(root)?;
-        let classes = check_classes(root, &folders)?;
+        let mut scan = scan_class_folders(root, &[root.to_path_buf()])?;
+        let (folders, ignored) = scan.folders.remove(0);
+        let classes = check_classes(root, &folders).map_err(|e| e.with_links(&scan.skipped))?;
         let mut ds = Dataset::empty(root, classes, ignored);
+        ds.skipped_links = scan.skipped;
         for (label, (_, paths)) in folders.iter().enumerate() {
             for path in paths {
                 let rel = rel_to(path, root);
@@ -219,16 +248,34 @@ impl Dataset {
             (1.0 - fr.train - fr.val) * 100.0
         ));
         ds.ensure_every_class_trains();
+        ds.set_aside_duplicates();
         Ok(ds)
     }
 
     fn open_split_layout(root: &Path) -> Result<Dataset, DatasetError> {
         let train_root = root.join("train");
-        let (folders, mut ignored) = scan_class_folders(&train_root)?;
-        let classes = check_classes(&train_root, &folders)?;
-        let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
         let has_val = root.join("val").is_dir();
         let has_test = root.join("test").is_dir();
+        let held_out_names: Vec<&str> = [("val", has_val), ("test", has_test)]
+            .into_iter()
+            .filter_map(|(name, has)| has.then_some(name))
+            .collect();
+        let dirs: Vec<PathBuf> = std::iter::once(train_root.clone())
+            .chain(held_out_names.iter().map(|name| root.join(name)))
+            .collect();
+        // One walk over train/, val/ and test/: a link cannot bring a folder into two splits.
+        let scan = scan_class_folders(root, &dirs)?;
+        let mut scanned = scan.folders.into_iter();
+        let (folders, mut ignored) = scanned.next().expect("train/ is scanned");
+        let mut held_out: BTreeMap<&str, ClassFolders> = BTreeMap::new();
+        for (name, (folders, ign)) in held_out_names.into_iter().zip(scanned) {
+            ignored.extend(ign);
+            held_out.insert(name, folders);
+        }
+        let classes =
+            check_classes(&train_root, &folders).map_err(|e| e.with_links(&scan.skipped))?;
+        let mut ds = Dataset::empty(root, classes.clone(), Vec::new());
+        ds.skipped_links = scan.skipped;
         let carve_val = !has_test || !has_val;
         for (label, (_, paths)) in folders.iter().enumerate() {
             for path in paths {
@@ -247,9 +294,8 @@ impl Dataset {
             }
         }
         let mut load_split = |name: &str| -> Result<Vec<Sample>, DatasetError> {
-            let (samples, ign) = labelled_samples(&root.join(name), &classes, &format!("{name}/"))?;
-            ignored.extend(ign);
-            Ok(samples)
+            let folders = held_out.remove(name).unwrap_or_default();
+            labelled_samples(&root.join(name), folders, &classes, &format!("{name}/"))
         };
         match (has_val, has_test) {
             (true, true) => {
@@ -276,6 +322,7 @@ impl Dataset {
         }
         ds.ignored_files = ignored;
         ds.ensure_every_class_trains();
+        ds.set_aside_duplicates();
         Ok(ds)
     }
 
@@ -288,6 +335,8 @@ impl Dataset {
             test: Vec::new(),
             notes: Vec::new(),
             ignored_files: ignored,
+            skipped_links: Vec::new(),
+            duplicates: Vec::new(),
         }
     }
 
@@ -312,6 +361,36 @@ impl Dataset {
         }
     }
 
+    /// Takes out of validation and test every image whose bytes are a training image's, and
+    /// lists it in `duplicates` (in split, then path order). A file that cannot be read is left
+    /// where it is: embedding reports it as unreadable.
+    fn set_aside_duplicates(&mut self) {
+        if self.val.is_empty() && self.test.is_empty() {
+            return;
+        }
+        let copies = TrainingCopies::of(
+            self.train
+                .iter()
+                .map(|s| (s.path.as_path(), s.rel.as_str())),
+        );
+        let mut duplicates = Vec::new();
+        for (split, samples) in [(Split::Val, &mut self.val), (Split::Test, &mut self.test)] {
+            samples.retain(|s| match copies.find(&s.path) {
+                Some((train_file, sha256)) => {
+                    duplicates.push(Duplicate {
+                        file: s.rel.clone(),
+                        split,
+                        train_file: train_file.to_string(),
+                        sha256,
+                    });
+                    false
+                }
+                None => true,
+            });
+        }
+        self.duplicates = duplicates;
+    }
+
     pub fn counts(&self, split: Split) -> Vec<usize> {
         let samples = match split {
             Split::Train => &self.train,
@@ -323,6 +402,20 @@ impl Dataset {
             c[s.label] += 1;
         }
         c
+    }
+}
+
+impl DatasetError {
+    /// This error, naming the folder links the walk did not follow when there were any.
+    fn with_links(self, skipped: &[Skipped]) -> DatasetError {
+        match skipped.split_first() {
+            None => self,
+            Some((first, rest)) => DatasetError::LinksNotFollowed {
+                error: Box::new(self),
+                first: Box::new(first.clone()),
+                more: rest.len(),
+            },
+        }
     }
 }
 
@@ -346,10 +439,7 @@ fn check_classes(root: &Path, folders: &ClassFolders) -> Result<Vec<String>, Dat
 }
 
 /// A folder of `<class>/<image>` to evaluate a trained head on (its classes must be the head's).
-pub fn open_labelled_folder(
-    root: &Path,
-    classes: &[String],
-) -> Result<(Vec<Sample>, Vec<PathBuf>), DatasetError> {
+pub fn open_labelled_folder(root: &Path, classes: &[String]) -> Result<Labelled, DatasetError> {
     if !root.is_dir() {
         return Err(if root.exists() {
             DatasetError::NotADir(root.to_path_buf())
@@ -357,21 +447,36 @@ pub fn open_labelled_folder(
             DatasetError::Missing(root.to_path_buf())
         });
     }
-    let (samples, ignored) = labelled_samples(root, classes, "")?;
+    let mut scan = scan_class_folders(root, &[root.to_path_buf()])?;
+    let (folders, ignored) = scan.folders.remove(0);
+    let samples = labelled_samples(root, folders, classes, "")?;
     if samples.is_empty() {
         return Err(DatasetError::Empty(root.to_path_buf()));
     }
-    Ok((samples, ignored))
+    Ok(Labelled {
+        samples,
+        ignored,
+        skipped_links: scan.skipped,
+    })
 }
 
-/// The samples of a `<class>/<image>` folder whose classes must all be among `classes`
-/// (an empty folder of an unknown class is ignored). `rel_prefix` is prepended to each `rel`.
+/// A labelled folder as read: its samples, the non-image files, the folder links not followed.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub samples: Vec<Sample>,
+    pub ignored: Vec<PathBuf>,
+    pub skipped_links: Vec<Skipped>,
+}
+
+/// The samples of the `<class>/<image>` folder `root`, read as `folders`, whose classes must all
+/// be among `classes` (an empty folder of an unknown class is ignored). `rel_prefix` is
+/// prepended to each `rel`.
 fn labelled_samples(
     root: &Path,
+    folders: ClassFolders,
     classes: &[String],
     rel_prefix: &str,
-) -> Result<(Vec<Sample>, Vec<PathBuf>), DatasetError> {
-    let (folders, ignored) = scan_class_folders(root)?;
+) -> Result<Vec<Sample>, DatasetError> {
     let mut out = Vec::new();
     for (class, paths) in folders {
         let Some(label) = classes.iter().position(|c| *c == class) else {
@@ -390,16 +495,17 @@ fn labelled_samples(
             label,
         }));
     }
-    Ok((out, ignored))
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A file whose bytes are its path: no two alike, as no two photos are.
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, b"x").unwrap();
+        std::fs::write(p, p.as_os_str().as_encoded_bytes()).unwrap();
     }
 
     #[test]
@@ -471,34 +577,5 @@ mod tests {
                 .contains("class 'z' is not among the training classes"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn every_image_discover_knows_is_trained_on() {
-        let d = tempfile::tempdir().unwrap();
-        for c in ["a", "b"] {
-            touch(&d.path().join(format!("{c}/1.jpg")));
-            touch(&d.path().join(format!("{c}/2.jfif")));
-            touch(&d.path().join(format!("{c}/deep/3.JFIF")));
-        }
-        let ds = Dataset::open(d.path(), SplitFractions::default()).unwrap();
-        let mut rels: Vec<&str> = [&ds.train, &ds.val, &ds.test]
-            .into_iter()
-            .flatten()
-            .map(|s| s.rel.as_str())
-            .collect();
-        rels.sort();
-        assert_eq!(
-            rels,
-            [
-                "a/1.jpg",
-                "a/2.jfif",
-                "a/deep/3.JFIF",
-                "b/1.jpg",
-                "b/2.jfif",
-                "b/deep/3.JFIF"
-            ]
-        );
-        assert!(ds.ignored_files.is_empty(), "{:?}", ds.ignored_files);
     }
 }
