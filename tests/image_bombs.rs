@@ -132,6 +132,8 @@ fn jpeg_bomb() -> Vec<u8> {
 }
 
 /// `classify FILE`: its exit code, stderr and peak resident memory in KiB.
+// The child is reaped by wait4 (for its own peak memory), not by std's wait.
+#[allow(clippy::zombie_processes)]
 fn classify_peak(file: &Path) -> (Option<i32>, String, i64) {
     let mut child = edge_command()
         .args(["classify", s(file)])
