@@ -62,7 +62,7 @@ for t in "${TARGETS[@]}"; do
     echo "== $t: ${SECONDS_EACH}s"
     status=0
     nice -n 19 cargo +nightly fuzz run "$t" corpus/"$t" -- \
-        -max_total_time="$SECONDS_EACH" -rss_limit_mb=3072 -timeout=60 \
+        -max_total_time="$SECONDS_EACH" -rss_limit_mb="${RSS_LIMIT_MB:-3072}" -timeout=60 \
         -artifact_prefix=artifacts/"$t"/ -print_final_stats=1 "${max_len[@]}" \
         >logs/"$t".log 2>&1 || status=$?
     grep -E '^#[0-9]+' logs/"$t".log | tail -1 || true
