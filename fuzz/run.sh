@@ -2,6 +2,7 @@
 # Runs every fuzz target for a bounded time, one after the other (not part of CI).
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]     default: 600 s each, every target
+#   RSS_LIMIT_MB=256 fuzz/run.sh ...      libFuzzer's -rss_limit_mb (default 3072)
 #
 # Needs a nightly toolchain and cargo-fuzz; both are installed here if missing. The corpora live
 # in fuzz/corpus/<target> (not committed); the TFLite target is seeded at run time from the
