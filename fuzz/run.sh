@@ -2,6 +2,7 @@
 # Runs every fuzz target for a bounded time, one after the other (not part of CI).
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]     default: 600 s each, every target
+#   RSS_LIMIT_MB=256 fuzz/run.sh ...      libFuzzer's -rss_limit_mb (default 3072)
 #
 # Needs a nightly toolchain and cargo-fuzz; both are installed here if missing. The corpora live
 # in fuzz/corpus/<target> (not committed); the TFLite target is seeded at run time from the
@@ -62,7 +63,7 @@ for t in "${TARGETS[@]}"; do
     echo "== $t: ${SECONDS_EACH}s"
     status=0
     nice -n 19 cargo +nightly fuzz run "$t" corpus/"$t" -- \
-        -max_total_time="$SECONDS_EACH" -rss_limit_mb=3072 -timeout=60 \
+        -max_total_time="$SECONDS_EACH" -rss_limit_mb="${RSS_LIMIT_MB:-3072}" -timeout=60 \
         -artifact_prefix=artifacts/"$t"/ -print_final_stats=1 "${max_len[@]}" \
         >logs/"$t".log 2>&1 || status=$?
     grep -E '^#[0-9]+' logs/"$t".log | tail -1 || true

@@ -8,15 +8,18 @@
 //! `resize(BILINEAR)` and Keras' `image_dataset_from_directory` defaults → layout/dtype/normalisation
 //! from the manifest's [`InputSpec`].
 
-use std::io::{BufRead, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use thiserror::Error;
 use tract_core::prelude::{tract_ndarray, Tensor};
 
 use crate::models::{InputDtype, InputSpec, Layout};
+
+mod jpeg;
+use jpeg::{jpeg_is_complete, jpeg_reduced, progressive_jpeg_bytes};
 
 /// What a head records of the pixels it was trained on, and part of every embedding-cache key:
 /// bump it when anything between file bytes and model input changes (decode, resize, augmentation
@@ -33,13 +36,16 @@ pub const PREPROCESS_ACCEPTED: [&str; 2] = [
     "decode+exif, rgb8, stretch-resize triangle; augment affine-reflect v1",
 ];
 
-/// Images larger than this on either side are refused before decoding (a 20000×20000 RGB image
-/// would need 1.2 GB).
-pub const MAX_SIDE: u32 = 16_384;
+/// The most pixels an image may declare in its header: decoders allocate the whole image before
+/// the first pixel arrives, so a small file declaring a huge image (a decompression bomb) is
+/// refused from its header. 64 megapixels takes a 48-megapixel phone photo and any camera frame,
+/// and bounds one decode on a 1-2 GB board (README, "Preprocessing", has the peak measured).
+pub const MAX_PIXELS: u64 = 64_000_000;
 /// Smaller images carry too little to classify; refusing them beats a confident wrong answer.
 pub const MIN_SIDE: u32 = 16;
-/// Upper bound on what the decoder may allocate for one image.
-const MAX_ALLOC: u64 = 512 * 1024 * 1024;
+/// What a decoder may allocate for one image, derived from [`MAX_PIXELS`]: the largest image at
+/// 4 bytes a pixel (RGBA8). Deeper images (16-bit PNG) are held to the same bytes, so fewer pixels.
+const MAX_DECODE_BYTES: u64 = MAX_PIXELS * 4;
 
 #[derive(Debug, Error)]
 #[error("{path}: {reason}")]
@@ -55,25 +61,35 @@ fn err(path: &Path, reason: impl Into<String>) -> ImageError {
     }
 }
 
+/// Whether an image (or frame) of `w`×`h` pixels may be decoded: the one size rule for every
+/// image, file or frame, checked from the header before anything the size of the image is
+/// allocated. The error is the reason, in one line.
+pub fn check_dimensions(w: u32, h: u32) -> Result<(), String> {
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(format!(
+            "image is {w}x{h} pixels, too small (need at least {MIN_SIDE}x{MIN_SIDE})"
+        ));
+    }
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_PIXELS {
+        return Err(format!(
+            "image is {w}x{h} ({} megapixels), over the {}-megapixel limit",
+            (pixels + 500_000) / 1_000_000,
+            MAX_PIXELS / 1_000_000
+        ));
+    }
+    Ok(())
+}
+
 fn limits() -> Limits {
     let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     limits
 }
 
 /// Decodes an image file to upright RGB8.
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
-    let meta = std::fs::metadata(path).map_err(|e| err(path, io_reason(&e)))?;
-    if meta.is_dir() {
-        return Err(err(path, "is a directory, expected an image file"));
-    }
-    if meta.len() == 0 {
-        return Err(err(path, "empty file (0 bytes)"));
-    }
-    let reader = ImageReader::open(path).map_err(|e| err(path, io_reason(&e)))?;
-    decode(reader, path)
+    load(path, None)
 }
 
 /// Decodes an image file to upright RGB8 at least `min_side` pixels on both sides where it was,
@@ -82,27 +98,42 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
 /// which costs a fraction of a full decode (a 12-megapixel phone photo is decoded at 1008×756).
 /// Other formats, and smaller JPEGs, decode exactly as [`load_rgb`].
 pub fn load_rgb_reduced(path: &Path, min_side: u32) -> Result<RgbImage, ImageError> {
-    let bytes = read_image_file(path)?;
-    if let Some(img) = jpeg_reduced(&bytes, min_side) {
-        return Ok(img);
-    }
-    // As `ImageReader::open` does: the extension names the format when the content does not.
-    let mut reader = ImageReader::new(Cursor::new(bytes));
-    if let Ok(format) = image::ImageFormat::from_path(path) {
-        reader.set_format(format);
-    }
-    decode(reader, path)
+    load(path, Some(min_side))
 }
 
 /// [`load_rgb_reduced`] for an in-memory image.
 pub fn decode_rgb_reduced(bytes: &[u8], name: &str, min_side: u32) -> Result<RgbImage, ImageError> {
-    match jpeg_reduced(bytes, min_side) {
-        Some(img) => Ok(img),
-        None => decode_rgb(bytes, name),
-    }
+    decode_named(bytes, name, Some(min_side))
 }
 
-fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+/// Decodes an in-memory image (an HTTP body, an MJPEG frame); `name` is used in errors.
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
+    decode_named(bytes, name, None)
+}
+
+fn decode_named(bytes: &[u8], name: &str, min_side: Option<u32>) -> Result<RgbImage, ImageError> {
+    let path = Path::new(name);
+    if bytes.is_empty() {
+        return Err(err(path, "empty image (0 bytes)"));
+    }
+    decode(
+        &mut Cursor::new(bytes),
+        jpeg_bytes(bytes),
+        path,
+        None,
+        min_side,
+    )
+    .map(into_rgb8)
+}
+
+fn jpeg_bytes(bytes: &[u8]) -> Option<&[u8]> {
+    bytes.starts_with(&[0xFF, 0xD8]).then_some(bytes)
+}
+
+/// A file is read whole only when it is a JPEG (whose end marker is looked for, and whose
+/// reduced decoder wants the bytes); any other format is decoded as it is read, so a large PNG's
+/// file does not sit in memory beside its pixels.
+fn load(path: &Path, min_side: Option<u32>) -> Result<RgbImage, ImageError> {
     let meta = std::fs::metadata(path).map_err(|e| err(path, io_reason(&e)))?;
     if meta.is_dir() {
         return Err(err(path, "is a directory, expected an image file"));
@@ -110,64 +141,36 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     if meta.len() == 0 {
         return Err(err(path, "empty file (0 bytes)"));
     }
-    std::fs::read(path).map_err(|e| err(path, io_reason(&e)))
-}
-
-/// The JPEG decoded with a scaled inverse DCT, if it is a JPEG at least four times `min_side` on
-/// both sides that decodes cleanly; `None` otherwise, and the full decode then decides (and words any
-/// error), so reduced decoding never changes which files are accepted.
-fn jpeg_reduced(bytes: &[u8], min_side: u32) -> Option<RgbImage> {
-    use jpeg_decoder::{Decoder, PixelFormat};
-    if min_side == 0 || !bytes.starts_with(&[0xFF, 0xD8]) {
-        return None;
-    }
-    let mut decoder = Decoder::new(bytes);
-    decoder.read_info().ok()?;
-    let info = decoder.info()?;
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    if w > MAX_SIDE
-        || h > MAX_SIDE
-        || !matches!(info.pixel_format, PixelFormat::RGB24 | PixelFormat::L8)
-    {
-        return None;
-    }
-    // Keep at least twice the model's side: the scaled DCT averages each block like a box filter,
-    // and only with the triangle resize still doing the last 2x or more do the embeddings match
-    // the full decode's (at 1x margin the worst hymenoptera image fell to cosine 0.986).
-    let floor = 2 * min_side;
-    let factor = [8, 4, 2]
-        .into_iter()
-        .find(|f| w.div_ceil(*f) >= floor && h.div_ceil(*f) >= floor)?;
-    let (sw, sh) = decoder
-        .scale(w.div_ceil(factor) as u16, h.div_ceil(factor) as u16)
-        .ok()?;
-    decoder.set_max_decoding_buffer_size(MAX_ALLOC as usize);
-    let pixels = decoder.decode().ok()?;
-    let (sw, sh) = (u32::from(sw), u32::from(sh));
-    let rgb = match info.pixel_format {
-        PixelFormat::RGB24 => RgbImage::from_raw(sw, sh, pixels)?,
-        _ => DynamicImage::ImageLuma8(image::GrayImage::from_raw(sw, sh, pixels)?).into_rgb8(),
+    let io = |e: std::io::Error| err(path, io_reason(&e));
+    let mut file = BufReader::new(std::fs::File::open(path).map_err(io)?);
+    // As `ImageReader::open` does: the extension names the format when the content does not.
+    let hint = ImageFormat::from_path(path).ok();
+    let img = if file.fill_buf().map_err(io)?.starts_with(&[0xFF, 0xD8]) {
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let img = decode(&mut Cursor::new(&bytes), Some(&bytes), path, hint, min_side)?;
+        // The file's bytes go before the conversion allocates: one buffer fewer at the peak.
+        drop(bytes);
+        img
+    } else {
+        decode(&mut file, None, path, hint, min_side)?
     };
-    let mut img = DynamicImage::ImageRgb8(rgb);
-    if let Some(o) = decoder
-        .exif_data()
-        .and_then(image::metadata::Orientation::from_exif_chunk)
-    {
-        img.apply_orientation(o);
-    }
-    Some(img.into_rgb8())
+    Ok(into_rgb8(img))
 }
 
-/// Decodes an in-memory image (an HTTP body, an MJPEG frame); `name` is used in errors.
-pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
-    let path = Path::new(name);
-    if bytes.is_empty() {
-        return Err(err(path, "empty image (0 bytes)"));
+/// An image reader at the start of `src`, its format the content's, else `hint`'s.
+fn reader<'a, R: BufRead + Seek>(
+    src: &'a mut R,
+    path: &Path,
+    hint: Option<ImageFormat>,
+    limits: Limits,
+) -> Result<ImageReader<&'a mut R>, ImageError> {
+    src.seek(SeekFrom::Start(0))
+        .map_err(|e| err(path, io_reason(&e)))?;
+    let mut reader = ImageReader::new(src);
+    if let Some(format) = hint {
+        reader.set_format(format);
     }
-    decode(ImageReader::new(Cursor::new(bytes)), path)
-}
-
-fn decode<R: BufRead + Seek>(reader: ImageReader<R>, path: &Path) -> Result<RgbImage, ImageError> {
     let mut reader = reader
         .with_guessed_format()
         .map_err(|e| err(path, io_reason(&e)))?;
@@ -177,28 +180,78 @@ fn decode<R: BufRead + Seek>(reader: ImageReader<R>, path: &Path) -> Result<RgbI
             "not an image in a supported format (JPEG, PNG, BMP, GIF, WebP)",
         ));
     }
-    reader.limits(limits());
-    let mut decoder = reader
+    reader.limits(limits);
+    Ok(reader)
+}
+
+/// The one decode: every image and encoded frame comes through here, `jpeg` holding all of its
+/// bytes when they are a JPEG's. The size is checked from the header before any decoder
+/// allocates; a JPEG must reach its end marker; with `min_side`, a large JPEG is decoded at
+/// reduced size ([`load_rgb_reduced`]).
+fn decode<R: BufRead + Seek>(
+    src: &mut R,
+    jpeg: Option<&[u8]>,
+    path: &Path,
+    hint: Option<ImageFormat>,
+    min_side: Option<u32>,
+) -> Result<DynamicImage, ImageError> {
+    // The header alone, without the allocation limit, so an oversized image is refused for its
+    // size in pixels rather than for the bytes its decoder would have asked for.
+    let (w, h) = reader(src, path, hint, Limits::no_limits())?
+        .into_dimensions()
+        .map_err(|e| err(path, decode_reason(&e)))?;
+    check_dimensions(w, h).map_err(|reason| err(path, reason))?;
+    if let Some(bytes) = jpeg {
+        if !jpeg_is_complete(bytes) {
+            return Err(err(
+                path,
+                "truncated or corrupt JPEG (its data ends before the end-of-image marker)",
+            ));
+        }
+        let held = progressive_jpeg_bytes(bytes);
+        if held > MAX_DECODE_BYTES {
+            return Err(err(
+                path,
+                format!(
+                    "progressive JPEG needs {} MB of memory to decode, over the {} MB limit",
+                    held.div_ceil(1_000_000),
+                    MAX_DECODE_BYTES / 1_000_000
+                ),
+            ));
+        }
+        if let Some(img) = min_side.and_then(|side| jpeg_reduced(bytes, side)) {
+            return Ok(DynamicImage::ImageRgb8(img));
+        }
+    }
+    let mut decoder = reader(src, path, hint, limits())?
         .into_decoder()
         .map_err(|e| err(path, decode_reason(&e)))?;
-    let (w, h) = decoder.dimensions();
-    check_size(path, w, h)?;
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(path, decode_reason(&e)))?;
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
-    Ok(img.into_rgb8())
+    Ok(img)
 }
 
-fn check_size(path: &Path, w: u32, h: u32) -> Result<(), ImageError> {
-    if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(err(
-            path,
-            format!("image is {w}x{h} pixels, too small (need at least {MIN_SIDE}x{MIN_SIDE})"),
-        ));
+/// RGB8 of a decoded image, without a second image-sized buffer where that is easy: RGBA8 (most
+/// PNG, GIF and WebP images) drops its alpha in place, byte for byte as `into_rgb8` does into a
+/// new buffer; a 64-megapixel RGBA image would otherwise need 192 MB more at its peak.
+fn into_rgb8(img: DynamicImage) -> RgbImage {
+    match img {
+        DynamicImage::ImageRgba8(rgba) => {
+            let (w, h) = rgba.dimensions();
+            let n = w as usize * h as usize;
+            let mut px = rgba.into_raw();
+            for i in 1..n {
+                px.copy_within(i * 4..i * 4 + 3, i * 3);
+            }
+            px.truncate(n * 3);
+            px.shrink_to_fit();
+            RgbImage::from_raw(w, h, px).expect("w x h x 3 bytes")
+        }
+        other => other.into_rgb8(),
     }
-    Ok(())
 }
 
 /// How an I/O failure on a file or folder reads in a one-line error: the everyday cases in plain
@@ -215,8 +268,8 @@ pub fn io_reason(e: &std::io::Error) -> String {
 fn decode_reason(e: &image::ImageError) -> String {
     match e {
         image::ImageError::Limits(_) => format!(
-            "image too large to decode (limit {MAX_SIDE}x{MAX_SIDE} pixels, {} MiB): {e}",
-            MAX_ALLOC >> 20
+            "image needs more than {} MB of memory to decode, over the limit",
+            MAX_DECODE_BYTES / 1_000_000
         ),
         image::ImageError::Unsupported(_) => format!("unsupported image: {e}"),
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -349,5 +402,58 @@ mod tests {
         assert!(e.to_string().contains("empty"), "{e}");
         let e = decode_rgb(b"hello, I am text", "text.jpg").unwrap_err();
         assert!(e.to_string().starts_with("text.jpg: "), "{e}");
+    }
+
+    /// Every format, cut short at several points, is an error: never an image with the missing
+    /// part filled in (the JPEG decoders fill a cut scan with grey and report success).
+    #[test]
+    fn truncated_images_of_every_format_are_refused() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 99]));
+        for format in [
+            image::ImageFormat::Jpeg,
+            image::ImageFormat::Png,
+            image::ImageFormat::Gif,
+            image::ImageFormat::Bmp,
+            image::ImageFormat::WebP,
+        ] {
+            let mut bytes = Vec::new();
+            img.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+            let whole = decode_rgb(&bytes, "whole").unwrap();
+            assert_eq!(whole.dimensions(), (64, 48), "{format:?}");
+            // (A PNG cut inside its end chunk has every pixel: not these cuts.)
+            for keep in [bytes.len() / 3, bytes.len() * 2 / 3] {
+                let cut = &bytes[..keep];
+                assert!(
+                    decode_rgb(cut, "cut").is_err(),
+                    "{format:?} cut to {keep} of {} bytes decoded",
+                    bytes.len()
+                );
+                assert!(
+                    decode_rgb_reduced(cut, "cut", 8).is_err(),
+                    "{format:?} {keep}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_size_limit_is_in_pixels_and_worded_with_them() {
+        assert!(check_dimensions(8000, 8000).is_ok());
+        assert_eq!(
+            check_dimensions(16_384, 16_384).unwrap_err(),
+            "image is 16384x16384 (268 megapixels), over the 64-megapixel limit"
+        );
+        // A long, thin image is within the limit, whatever its longest side.
+        assert!(check_dimensions(65_535, 16).is_ok());
+        assert!(check_dimensions(15, 1000).is_err());
+    }
+
+    #[test]
+    fn rgba_drops_its_alpha_in_place_as_into_rgb8_does() {
+        let rgba = image::RgbaImage::from_fn(37, 19, |x, y| {
+            image::Rgba([x as u8 * 7, y as u8 * 13, (x * y) as u8, (x + y) as u8])
+        });
+        let img = DynamicImage::ImageRgba8(rgba);
+        assert_eq!(into_rgb8(img.clone()), img.into_rgb8());
     }
 }

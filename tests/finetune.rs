@@ -273,6 +273,10 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
     std::fs::write(data.join("ants/notes.txt"), "hello").unwrap();
     std::fs::write(data.join("ants/.DS_Store"), "x").unwrap();
     std::fs::write(data.join("bees/broken.jpg"), "not a jpeg").unwrap();
+    // A JPEG cut short (the first 5 KB of one beyond the 12 copied): its decoders fill the
+    // rest with grey, and it must not be trained on as if it were whole.
+    let whole = std::fs::read(hymenoptera_train_image("bees", 12)).unwrap();
+    std::fs::write(data.join("bees/cut.jpg"), &whole[..5_000]).unwrap();
     let out = tmp.path().join("out");
     let r = ok_json(&edge_cached(
         &[
@@ -287,11 +291,18 @@ fn mixed_files_are_ignored_and_unreadable_images_reported() {
         &tmp.path().join("c"),
     ));
     assert_eq!(r["counts"]["ignored_files"], 1);
-    assert_eq!(r["counts"]["unreadable"], 1);
-    assert!(r["unreadable"][0]["file"]
-        .as_str()
+    assert_eq!(r["counts"]["unreadable"], 2);
+    let unreadable: Vec<&str> = r["unreadable"]
+        .as_array()
         .unwrap()
-        .ends_with("broken.jpg"));
+        .iter()
+        .map(|u| u["file"].as_str().unwrap())
+        .collect();
+    assert!(unreadable.iter().any(|f| f.ends_with("broken.jpg")));
+    assert!(
+        unreadable.iter().any(|f| f.ends_with("cut.jpg")),
+        "{unreadable:?}"
+    );
     let total: u64 = ["train", "val", "test"]
         .iter()
         .map(|k| {

@@ -1,5 +1,6 @@
 //! Image bytes (an HTTP body, an MJPEG frame, a dataset file) → RGB8 → the model's input tensor,
-//! in every input layout a manifest may ask for.
+//! in every input layout a manifest may ask for. Through the bounded decoder, full size and
+//! reduced (as `serve` and `classify` decode): run it with `-rss_limit_mb=256`.
 #![no_main]
 
 use edge_mnv2::models::{InputDtype, InputSpec, Layout};
@@ -7,11 +8,13 @@ use edge_mnv2::preprocess;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // A small side keeps each run fast; the resize and tensor code are the same at 224.
+    let side = 32;
+    // The reduced decode differs from the full one only for JPEGs four times the side.
+    let _ = preprocess::decode_rgb_reduced(data, "fuzz-input", side);
     let Ok(img) = preprocess::decode_rgb(data, "fuzz-input") else {
         return;
     };
-    // A small side keeps each run fast; the resize and tensor code are the same at 224.
-    let side = 32;
     let fitted = preprocess::fit(&img, side);
     assert_eq!((fitted.width(), fitted.height()), (side, side));
     for (dtype, layout) in [

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use image::RgbImage;
 
 use super::frame::{FramePixels, RawFrame};
-use crate::preprocess::{self, ImageError, MAX_SIDE, MIN_SIDE};
+use crate::preprocess::{self, ImageError};
 
 /// Decodes a raw frame to RGB8; every source's frames pass through here. With `min_side` (the
 /// model's input side, when the frame is only going to be classified), a large JPEG frame is
@@ -49,11 +49,7 @@ fn yuv_to_rgb_pixel(y: u8, u: u8, v: u8) -> [u8; 3] {
 /// Converts a packed YUYV 4:2:2 frame to RGB8. Errors (as a reason) when the buffer is too short
 /// for the stated geometry, which is what a truncated or mis-negotiated frame looks like.
 pub fn yuyv_to_rgb(width: u32, height: u32, stride: u32, data: &[u8]) -> Result<RgbImage, String> {
-    if width < MIN_SIDE || height < MIN_SIDE || width > MAX_SIDE || height > MAX_SIDE {
-        return Err(format!(
-            "YUYV frame of {width}x{height} pixels is out of range"
-        ));
-    }
+    preprocess::check_dimensions(width, height).map_err(|e| format!("YUYV frame: {e}"))?;
     if !width.is_multiple_of(2) {
         return Err(format!("YUYV frame width {width} is odd"));
     }
