@@ -1,6 +1,7 @@
 //! The `edge-mnv2` command line: parses the arguments, sets up logging, hands the command to its
 //! module under `cli`, and turns the outcome into the exit code.
-//! Exit codes: 0 success, 1 any error (a one-line message on stderr), 2 never used.
+//! Exit codes: 0 success, 1 any error (a one-line message on stderr), 2 never used, 141 stdout
+//! closed by its reader (quietly; `cli::errors`).
 
 use std::ffi::OsString;
 use std::io::Write;

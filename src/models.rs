@@ -66,6 +66,14 @@ impl ModelFormat {
             ModelFormat::Onnx => "onnx",
         }
     }
+
+    /// The cargo feature this build lacks to read the format, if any.
+    pub fn missing_feature(self) -> Option<&'static str> {
+        match self {
+            ModelFormat::Tflite => None,
+            ModelFormat::Onnx => (!cfg!(feature = "onnx")).then_some("onnx"),
+        }
+    }
 }
 
 impl fmt::Display for ModelFormat {

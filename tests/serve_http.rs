@@ -344,6 +344,66 @@ fn malformed_requests_get_4xx_and_the_service_still_answers() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// The statuses of the answers in `text`, in order.
+fn statuses(text: &str) -> Vec<u16> {
+    text.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| a[..3].parse().unwrap())
+        .collect()
+}
+
+/// Requests pipelined in one write are answered in order on the one connection. A refused one
+/// ends it with `Connection: close` (the client knows to send the rest again) and a clean end of
+/// stream, not a reset that can take its answer, though the next request is still unread behind
+/// it; the 405 names the methods the path takes.
+#[test]
+fn pipelined_requests_are_answered_in_order_and_a_refusal_closes_cleanly() {
+    let served = start_http(&["--listen", "127.0.0.1:0"]);
+    let addr = &served.addr;
+    let image = bee();
+    let classify = [
+        format!(
+            "POST /classify HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            image.len()
+        )
+        .as_bytes(),
+        &image,
+    ]
+    .concat();
+    let in_one_write = |requests: &[&[u8]]| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        c.write_all(&requests.concat()).unwrap();
+        let mut text = Vec::new();
+        let end = c.read_to_end(&mut text);
+        (String::from_utf8_lossy(&text).into_owned(), end)
+    };
+
+    let (out, end) = in_one_write(&[
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        &classify,
+        b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ]);
+    assert!(end.is_ok(), "{end:?}: {out}");
+    assert_eq!(statuses(&out), [200, 200, 200], "{out}");
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert!(answers[0].contains(r#""status":"ok""#), "{out}");
+    assert!(answers[1].contains(r#""label":"bees""#), "{out}");
+    assert!(answers[2].contains("edge_mnv2_frames_total"), "{out}");
+
+    for refused in [
+        &b"GET /classify HTTP/1.1\r\n\r\n"[..],
+        b"GET /nope HTTP/1.1\r\n\r\n",
+    ] {
+        let (out, end) = in_one_write(&[refused, &classify]);
+        assert!(end.is_ok(), "the answer was followed by {end:?}: {out}");
+        assert_eq!(statuses(&out).len(), 1, "{out}");
+        assert!(out.contains("\r\nConnection: close\r\n"), "{out}");
+        let allow = out.contains("\r\nAllow: POST\r\n");
+        assert_eq!(allow, statuses(&out) == [405], "{out}");
+    }
+}
+
 /// `POST /classify` takes image bodies up to 16 MiB (README): one byte more is refused with 413,
 /// through the binary's HTTP port, whatever server library is behind it.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;

@@ -103,10 +103,14 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Label images with a trained head
     Predict(PredictArgs),
-    /// Measure each precision × thread count on this board and pick the fastest that agrees with f32
+    /// Measure each precision × thread count on this board and pick the fastest that agrees with
+    /// LiteRT's arithmetic (int8)
     ///
     /// Writes calibration/<board>.json (atomically); classify, embed, finetune, predict and serve
     /// then use its choice unless --precision is given. $EDGE_MNV2_CALIBRATION names another file.
+    #[command(after_help = "Examples:\n  \
+        edge-mnv2 calibrate --images data        # any folder of images, e.g. the frames capture saved\n  \
+        edge-mnv2 calibrate --threads 1,2 --json # at a source checkout's root: calibration/images.txt")]
     Calibrate(CalibrateArgs),
     /// Classify frames from a camera or files continuously: JSON lines on stdout, HTTP API
     ///
@@ -262,9 +266,10 @@ pub struct CalibrateArgs {
     /// A model name or path (default: the default model); must be a TFLite file
     #[arg(long, short = 'm', value_name = "PATH|NAME")]
     pub model: Option<String>,
-    /// Images to measure on: a folder of images, or a folder with an images.txt list
-    #[arg(long, value_name = "DIR", default_value = "calibration")]
-    pub images: PathBuf,
+    /// Images to measure on: a folder of images (e.g. frames `capture` saved), or a folder with
+    /// an images.txt list (default: calibration/, the list a source checkout has at its root)
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
     /// Thread counts to try, comma-separated (default: 1, 2, 4, ... up to the core count;
     /// 1 only without the `threads` feature)
     #[arg(long, value_delimiter = ',')]
@@ -272,7 +277,7 @@ pub struct CalibrateArgs {
     /// Timed frames per precision and thread count
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// Least share of images whose ImageNet top-1 must equal f32's
+    /// Least share of images whose ImageNet top-1 must equal int8's (LiteRT's arithmetic)
     #[arg(long, default_value_t = 0.99)]
     pub min_agreement: f64,
     /// Output file (default: $EDGE_MNV2_CALIBRATION or calibration/<board>.json)

@@ -1,6 +1,7 @@
 //! `calibrate`: measure every precision × thread count here and write this board's choice.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -9,6 +10,7 @@ use edge_mnv2::calibrate::{self, CalibrateOptions};
 use edge_mnv2::{calibration, loader};
 
 use super::args::CalibrateArgs;
+use super::errors;
 
 pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     anyhow::ensure!(
@@ -19,7 +21,7 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     let resolved = loader::resolve(args.model.as_deref())?;
     calibrate::check_calibratable(&resolved)?;
     let opts = CalibrateOptions {
-        images: calibrate::images_in(&args.images)?,
+        images: images(args.images.as_deref())?,
         threads: if args.threads.is_empty() {
             calibrate::default_threads()
         } else {
@@ -46,7 +48,7 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     })?;
     let path = args.out.clone().unwrap_or_else(calibration::default_path);
     cal.save(&path)?;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = errors::stdout();
     if args.json {
         writeln!(stdout, "{}", serde_json::to_string_pretty(&cal)?)?;
     } else {
@@ -60,4 +62,24 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `calibrate` looks without `--images`: a source checkout's image list, from its root.
+const CHECKOUT_IMAGES: &str = "calibration";
+
+/// The images to measure on: `--images`, else the checkout's list; anywhere else (an installed
+/// board has no such folder, and the list's images are not redistributable) the error says what
+/// to pass.
+fn images(dir: Option<&Path>) -> Result<Vec<std::path::PathBuf>> {
+    if let Some(dir) = dir {
+        return calibrate::images_in(dir);
+    }
+    let dir = Path::new(CHECKOUT_IMAGES);
+    anyhow::ensure!(
+        dir.is_dir(),
+        "no images to calibrate on: give --images DIR, any folder of images (such as the frames \
+         `capture` saved); without it calibrate reads {CHECKOUT_IMAGES}/images.txt, which only a \
+         source checkout has, from its root"
+    );
+    calibrate::images_in(dir)
 }

@@ -55,25 +55,28 @@ struct PredictLine<'a> {
     probs: BTreeMap<String, f64>,
 }
 
-/// Runs `f` on every image, printing each failure as an error line and going on.
-fn for_each_image(images: &[PathBuf], mut f: impl FnMut(&Path) -> Result<()>) -> ExitCode {
+/// Runs `f` on every image, printing each failure as an error line and going on; a closed
+/// stdout ends the run (there is no one left to print to).
+fn for_each_image(images: &[PathBuf], mut f: impl FnMut(&Path) -> Result<()>) -> Result<ExitCode> {
     let mut failed = 0;
     for path in images {
         if let Err(e) = f(path) {
+            if errors::is_stdout_closed(&e) {
+                return Err(e);
+            }
             errors::print(&e);
             failed += 1;
         }
     }
-    errors::failed_images(failed, images.len())
+    Ok(errors::failed_images(failed, images.len()))
 }
 
 pub fn classify(args: &ClassifyArgs) -> Result<ExitCode> {
     let backbone = loader::backbone(&args.model.choice(), true)?;
-    let stdout = std::io::stdout();
-    Ok(for_each_image(&args.images, |path| {
+    let mut out = errors::stdout();
+    for_each_image(&args.images, |path| {
         let img = preprocess::load_rgb_reduced(path, backbone.input_size())?;
         let best = backbone.classify(&img, args.top)?;
-        let mut out = stdout.lock();
         if args.json {
             let line = ClassifyLine {
                 file: path,
@@ -97,7 +100,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<ExitCode> {
             }
         }
         Ok(())
-    }))
+    })
 }
 
 pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
@@ -109,7 +112,7 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
     }
     let backbone = loader::backbone(&args.model.choice(), false)?;
     let mut text = String::new();
-    let stdout = std::io::stdout();
+    let mut stdout = errors::stdout();
     let code = for_each_image(&args.images, |path| {
         let img = preprocess::load_rgb_reduced(path, backbone.input_size())?;
         let embedding = backbone.embed(&img)?;
@@ -128,10 +131,10 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
                 text.push_str(&line);
                 text.push('\n');
             }
-            None => writeln!(stdout.lock(), "{line}")?,
+            None => writeln!(stdout, "{line}")?,
         }
         Ok(())
-    });
+    })?;
     if let Some(out) = out {
         fsutil::write_atomic(out, text.as_bytes())?;
     }
@@ -140,12 +143,11 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
 
 pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
     let c = loader::classifier(&args.head, &args.model.choice())?;
-    let stdout = std::io::stdout();
-    Ok(for_each_image(&args.images, |path| {
+    let mut out = errors::stdout();
+    for_each_image(&args.images, |path| {
         let img = preprocess::load_rgb_reduced(path, c.backbone.input_size())?;
         let p = c.predict(&img, args.views)?;
         let label = p.reported_label(NO_THRESHOLD);
-        let mut out = stdout.lock();
         if args.json {
             let line = PredictLine {
                 confidence: f64::from(p.confidence),
@@ -156,17 +158,23 @@ pub fn predict(args: &PredictArgs) -> Result<ExitCode> {
             };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         } else {
+            // A rejected image still names the class it was closest to, whose confidence it is.
+            let rejected = if p.is_rejected(NO_THRESHOLD) {
+                format!(" ({})", p.label)
+            } else {
+                String::new()
+            };
             let novelty = p
                 .novelty
                 .map_or(String::new(), |n| format!("\tnovelty {n:.4}"));
             writeln!(
                 out,
-                "{}\t{}\t{:.4}{novelty}",
+                "{}\t{}\t{:.4}{rejected}{novelty}",
                 path.display(),
                 label,
                 p.confidence
             )?;
         }
         Ok(())
-    }))
+    })
 }

@@ -45,8 +45,20 @@ pub fn run(args: &ModelsArgs) -> Result<ExitCode> {
     }
 }
 
-/// Where a manifest entry's file is and whether its checksum holds.
+/// Where a manifest entry's file is and whether its checksum holds; and whether this build can
+/// read it at all.
 fn status_of(spec: &ModelSpec) -> (Option<PathBuf>, String) {
+    let (path, status) = file_status(spec);
+    match spec.format.missing_feature() {
+        Some(feature) => (
+            path,
+            format!("{status}; this build cannot read it: rebuild with `--features {feature}`"),
+        ),
+        None => (path, status),
+    }
+}
+
+fn file_status(spec: &ModelSpec) -> (Option<PathBuf>, String) {
     let Some((path, _)) = models::locate(spec) else {
         return (None, "not found".to_string());
     };
@@ -69,7 +81,7 @@ fn list(json: bool) -> Result<ExitCode> {
             (spec, path, status)
         })
         .collect();
-    let mut out = std::io::stdout().lock();
+    let mut out = errors::stdout();
     if json {
         let list: Vec<ModelRow> = rows
             .iter()
@@ -145,7 +157,7 @@ fn fetch(name: Option<&str>, all: bool, url: Option<String>, force: bool) -> Res
 
 /// Prints what became of one download; whether it succeeded (or had nothing to do).
 fn report(what: &str, fetched: Result<Option<Fetched>, FetchError>) -> Result<bool> {
-    let mut out = std::io::stdout().lock();
+    let mut out = errors::stdout();
     match fetched {
         Ok(None) => {}
         Ok(Some(Fetched::AlreadyPresent { path })) => writeln!(

@@ -2,6 +2,7 @@
 //! boards' MQTT broker, or to each board's HTTP API (`--url`), then prints each board's answer.
 //! Exit 1 unless every board accepted.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use edge_mnv2::serve::auth::Token;
 use edge_mnv2::serve::topics::{check_board, BrokerUrl};
 
 use super::args::PushHeadArgs;
+use super::errors;
 
 pub fn push_head(args: &PushHeadArgs) -> Result<ExitCode> {
     let token = Token::load(&args.token_file)?;
@@ -50,26 +52,29 @@ pub fn push_head(args: &PushHeadArgs) -> Result<ExitCode> {
     let commands = push::commands(&token, &boards, &payload);
     let answers = transport.push(&commands, Duration::from_secs(args.timeout));
     let mut all_ok = true;
+    let mut out = errors::stdout();
     for (c, answer) in commands.iter().zip(answers) {
         match answer {
-            Ok(a) if a.ok => println!(
+            Ok(a) if a.ok => writeln!(
+                out,
                 "{}: ok, head {} (was {})",
                 c.board,
                 a.sha256,
                 a.previous.as_deref().unwrap_or("-")
-            ),
+            )?,
             Ok(a) => {
                 all_ok = false;
-                println!(
+                writeln!(
+                    out,
                     "{}: refused: {} (running head {})",
                     c.board,
                     a.error.as_deref().unwrap_or("no reason given"),
                     a.sha256
-                );
+                )?;
             }
             Err(e) => {
                 all_ok = false;
-                println!("{}: {e:#}", c.board);
+                writeln!(out, "{}: {e:#}", c.board)?;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `serve` and `capture`: their flags (with the config file's keys, `super::config`) checked and
 //! turned into the library's settings, then the service or the capture.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use edge_mnv2::source::{CameraSettings, SourceSpec};
 use edge_mnv2::{capture, loader};
 
 use super::args::{CaptureArgs, ServeArgs, SourceArgs};
-use super::progress;
+use super::{errors, progress};
 
 /// The source a config names, or the first camera.
 const DEFAULT_SOURCE: &str = "/dev/video0";
@@ -160,11 +161,12 @@ pub fn capture(args: CaptureArgs) -> Result<ExitCode> {
         0 => String::new(),
         n => format!(" (skipped {n} duplicates)"),
     };
-    println!(
+    writeln!(
+        errors::stdout(),
         "saved {} frames to {}{duplicates}",
         saved.len(),
         args.data.join(&args.class).display()
-    );
+    )?;
     Ok(if saved.len() == args.count {
         ExitCode::SUCCESS
     } else {

@@ -77,7 +77,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<ExitCode> {
     let backbone = loader::backbone(&args.model.choice(), false)?;
     let progress = progress::Terminal::new();
     let report = finetune::finetune(&backbone, &opts, started, cancel, &progress)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = errors::stdout();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
@@ -175,7 +175,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<ExitCode> {
         fsutil::write_atomic(&dir.join("report.json"), json.as_bytes())?;
         fsutil::write_atomic(&dir.join("report.md"), markdown.as_bytes())?;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = errors::stdout();
     if args.json {
         writeln!(out, "{json}")?;
     } else {

@@ -10,6 +10,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u32>,
+    /// The methods the path takes, for 405.
+    pub allow: Option<String>,
 }
 
 impl Reply {
@@ -22,6 +24,7 @@ impl Reply {
                     content_type: "application/json",
                     body: bytes,
                     retry_after: None,
+                    allow: None,
                 }
             }
             // Only a non-UTF-8 path could get here; a client should still get an answer.
@@ -40,11 +43,18 @@ impl Reply {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: body.into_bytes(),
             retry_after: None,
+            allow: None,
         }
     }
 
     pub fn retry_after(mut self, seconds: u32) -> Reply {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    /// `methods`: comma-separated, as the `Allow` header lists them.
+    pub fn allow(mut self, methods: String) -> Reply {
+        self.allow = Some(methods);
         self
     }
 }
@@ -83,6 +93,9 @@ pub fn write_reply(w: &mut impl Write, reply: &Reply, close: bool) -> io::Result
     )?;
     if let Some(s) = reply.retry_after {
         write!(out, "Retry-After: {s}\r\n")?;
+    }
+    if let Some(methods) = &reply.allow {
+        write!(out, "Allow: {methods}\r\n")?;
     }
     if reply.status == 401 {
         out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");

@@ -52,32 +52,38 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// The routing table: each endpoint's path and method. 404 and 405 answers, and the `Allow`
+/// header of a 405, come from it.
+const ROUTES: [(&str, &str, Endpoint); 7] = [
+    ("/latest", "GET", Endpoint::Latest),
+    ("/healthz", "GET", Endpoint::Healthz),
+    ("/metrics", "GET", Endpoint::Metrics),
+    ("/classify", "POST", Endpoint::Classify),
+    ("/reload", "POST", Endpoint::Reload),
+    ("/head", "PUT", Endpoint::Head),
+    ("/rollback", "POST", Endpoint::Rollback),
+];
+
 impl Endpoint {
-    /// The endpoint for `method` on `path` (the query string already cut), or the 404/405 answer.
+    /// The endpoint for `method` on `path` (the query string already cut), or the 404/405 answer;
+    /// a 405 names the methods the path takes in `Allow` (RFC 9110, 15.5.6).
     pub fn route(method: &str, path: &str) -> Result<Endpoint, Reply> {
-        let (endpoint, allowed) = match path {
-            "/latest" => (Endpoint::Latest, "GET"),
-            "/healthz" => (Endpoint::Healthz, "GET"),
-            "/metrics" => (Endpoint::Metrics, "GET"),
-            "/classify" => (Endpoint::Classify, "POST"),
-            "/reload" => (Endpoint::Reload, "POST"),
-            "/head" => (Endpoint::Head, "PUT"),
-            "/rollback" => (Endpoint::Rollback, "POST"),
-            _ => {
-                return Err(Reply::error(
-                    404,
-                    format!("no such endpoint: {}", printable(path)),
-                ))
-            }
-        };
-        if method == allowed {
-            Ok(endpoint)
-        } else {
-            Err(Reply::error(
-                405,
-                format!("{} is not allowed on {path}", printable(method)),
-            ))
+        let on_path = || ROUTES.iter().filter(|(p, _, _)| *p == path);
+        if let Some((_, _, endpoint)) = on_path().find(|(_, m, _)| *m == method) {
+            return Ok(*endpoint);
         }
+        let allowed: Vec<&str> = on_path().map(|(_, m, _)| *m).collect();
+        if allowed.is_empty() {
+            return Err(Reply::error(
+                404,
+                format!("no such endpoint: {}", printable(path)),
+            ));
+        }
+        Err(Reply::error(
+            405,
+            format!("{} is not allowed on {path}", printable(method)),
+        )
+        .allow(allowed.join(", ")))
     }
 
     /// The largest body the endpoint reads; bodies of the others are dropped up to

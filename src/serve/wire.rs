@@ -34,8 +34,9 @@ pub trait Api {
 pub enum Ending {
     /// Nothing unread is known to be left: close.
     Close,
-    /// The last answer left a request body unread: stop writing and let the client finish
-    /// sending before closing, so the kernel does not reset the connection under its answer.
+    /// The last answer may have left bytes unread (a body, pipelined requests): stop writing and
+    /// let the client finish sending before closing, so the kernel does not reset the connection
+    /// under its answer.
     Drain,
 }
 
@@ -54,14 +55,13 @@ pub fn serve_connection<T: Transport, A: Api>(t: &mut T, api: &A, token: Option<
                 return Ending::Drain;
             }
         };
-        let unread = head.content_length.saturating_sub(buf.len());
+        // A refused request ends the connection (`Connection: close` tells the client to send
+        // again what it pipelined after it). What the client already sent, a body or pipelined
+        // requests, is then drained, not left unread: closing on unread bytes resets the
+        // connection, and the client may lose the answer.
         let refuse = |t: &mut T, reply: Reply| {
             let _ = write_reply(t, &reply, true);
-            if unread > 0 {
-                Ending::Drain
-            } else {
-                Ending::Close
-            }
+            Ending::Drain
         };
         if needs_token(&head.method)
             && token.is_some_and(|tk| !head.authorization.as_deref().is_some_and(|a| tk.accepts(a)))
@@ -125,8 +125,16 @@ pub fn serve_connection<T: Transport, A: Api>(t: &mut T, api: &A, token: Option<
             body,
         };
         let reply = api.call(request, ticket);
-        if write_reply(t, &reply, head.close).is_err() || head.close {
+        if write_reply(t, &reply, head.close).is_err() {
             return Ending::Close;
+        }
+        if head.close {
+            // Requests pipelined after `Connection: close` are not served, but not reset either.
+            return if buf.is_empty() {
+                Ending::Close
+            } else {
+                Ending::Drain
+            };
         }
     }
 }
@@ -281,6 +289,45 @@ mod tests {
             None,
         );
         assert_eq!(out, "");
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_methods_of_the_path() {
+        for (request, allow) in [
+            ("PUT /healthz", "GET"),
+            ("GET /classify", "POST"),
+            ("POST /head", "PUT"),
+            ("DELETE /rollback", "POST"),
+        ] {
+            let (out, _) = run(format!("{request} HTTP/1.1\r\n\r\n").as_bytes(), None);
+            assert_eq!(statuses(&out), [405], "{out}");
+            assert!(out.contains(&format!("\r\nAllow: {allow}\r\n")), "{out}");
+        }
+        // Only 405 names them.
+        for request in ["GET /nope", "GET /healthz"] {
+            let (out, _) = run(format!("{request} HTTP/1.1\r\n\r\n").as_bytes(), None);
+            assert!(!out.contains("Allow:"), "{out}");
+        }
+    }
+
+    #[test]
+    fn requests_pipelined_after_the_last_answer_are_drained_not_reset() {
+        // A refusal ends the connection and says so; what came after it is drained.
+        let (out, ending) = run(
+            b"GET /nope HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+            None,
+        );
+        assert_eq!(statuses(&out), [404], "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+        assert_eq!(ending, Ending::Drain);
+        let (_, ending) = run(
+            b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+            None,
+        );
+        assert_eq!(ending, Ending::Drain);
+        // Nothing after the last answer: nothing to drain.
+        let (_, ending) = run(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", None);
+        assert_eq!(ending, Ending::Close);
     }
 
     #[test]
