@@ -347,11 +347,13 @@ fn capture_killed_while_saving_leaves_whole_images() {
         }
         eprintln!("round {round}: killed after {delay:.2} s, {saved} images");
     }
-    // A later capture numbers on from the highest saved file, untroubled by any leftover.
+    // A later capture numbers on from the highest saved file, untroubled by any leftover. From
+    // other images: capture saves no frame whose bytes the class folder holds already, and the
+    // rounds above may have saved every image of `source`.
     let before = std::fs::read_dir(data.join("ants")).unwrap().count();
     let mut cmd = edge_command();
     cmd.args(["capture", "--source"])
-        .arg(&source)
+        .arg(shared().join("datasets/hymenoptera/train/ants"))
         .args(["--class", "ants", "--count", "2"])
         .arg(&data);
     edge_env(&mut cmd, tmp.path());
