@@ -75,7 +75,7 @@ impl Sample for u8 {
     fn from_offset(offset: f32, zero_point: f32) -> u8 {
         // `max`/`min` never return NaN and bound the value to 0..=255 whatever the caller passed
         // (the layer's own range already does; this keeps the conversion sound on its own).
-        let v = (offset + zero_point).max(0.0).min(255.0);
+        let v = clamp_to(offset + zero_point, 0.0, 255.0);
         // Safety: `v` is finite and within i32. Unchecked, the conversion is one instruction a
         // lane rather than a saturating sequence (+50% on the whole depthwise loop).
         unsafe { v.to_int_unchecked::<i32>() as u8 }
@@ -141,7 +141,7 @@ fn depthwise_avx2<X: Sample, Y: Sample, const TIES_EVEN: bool>(
 fn requantize_body(acc: &mut [f32], m: &[f32], lo: f32, hi: f32) {
     for row in acc.chunks_exact_mut(m.len()) {
         for (v, &m) in row.iter_mut().zip(m) {
-            *v = (*v * m).round().max(lo).min(hi);
+            *v = clamp_to(round_half_away(*v * m), lo, hi);
         }
     }
 }
@@ -150,7 +150,7 @@ fn requantize_body(acc: &mut [f32], m: &[f32], lo: f32, hi: f32) {
 fn add_body(a: &mut [f32], b: &[f32], ma: f32, mb: f32, lo: f32, hi: f32) {
     for (a, &b) in a.iter_mut().zip(b) {
         // The same two products and one sum as the Mul, Mul, Add chain this replaces.
-        *a = (*a * ma + b * mb).round().max(lo).min(hi);
+        *a = clamp_to(round_half_away(*a * ma + b * mb), lo, hi);
     }
 }
 
@@ -158,10 +158,65 @@ fn add_body(a: &mut [f32], b: &[f32], ma: f32, mb: f32, lo: f32, hi: f32) {
 #[inline(always)]
 fn round<const TIES_EVEN: bool>(v: f32) -> f32 {
     if TIES_EVEN {
-        v.round_ties_even()
+        round_ties_even(v)
     } else {
-        v.round()
+        round_half_away(v)
     }
+}
+
+// 32-bit ARM (VFP and NEON) has no rounding-to-integral instruction and no IEEE min/max, so the
+// std functions are calls into libm (`rintf`, `roundf`, `fmaxf`, `fminf`): a call per element in
+// every requantizing loop. These give the same results from adds, compares and selects. Every
+// other target keeps the std functions, which are single instructions there.
+
+/// `v.round_ties_even()`, the same value for every input (sign of zero, NaN and infinities too).
+#[inline(always)]
+pub fn round_ties_even(v: f32) -> f32 {
+    #[cfg(target_arch = "arm")]
+    {
+        // Below 2^23, adding 2^23 leaves no fraction bits: the add itself rounds to nearest even,
+        // and subtracting 2^23 back is exact. From 2^23 up every f32 is an integer already (NaN
+        // fails the compare and passes through).
+        const TWO_23: f32 = 8_388_608.0;
+        let a = v.abs();
+        let r = if a < TWO_23 { (a + TWO_23) - TWO_23 } else { a };
+        r.copysign(v)
+    }
+    #[cfg(not(target_arch = "arm"))]
+    v.round_ties_even()
+}
+
+/// `v.round()` (half away from zero), the same value for every input.
+#[inline(always)]
+pub fn round_half_away(v: f32) -> f32 {
+    #[cfg(target_arch = "arm")]
+    {
+        let a = v.abs();
+        let r = round_ties_even(a);
+        // Only a tie rounded down to even is half away from where `round` goes; `a - r` is exact.
+        let r = if a - r == 0.5 { r + 1.0 } else { r };
+        r.copysign(v)
+    }
+    #[cfg(not(target_arch = "arm"))]
+    v.round()
+}
+
+/// `v.max(lo).min(hi)` for `lo <= hi`: NaN gives `lo`, as `max` does.
+#[inline(always)]
+// Not `clamp`: it passes NaN through, and callers convert the result unchecked.
+#[allow(clippy::manual_clamp)]
+pub fn clamp_to(v: f32, lo: f32, hi: f32) -> f32 {
+    #[cfg(target_arch = "arm")]
+    {
+        let v = if v >= lo { v } else { lo };
+        if v <= hi {
+            v
+        } else {
+            hi
+        }
+    }
+    #[cfg(not(target_arch = "arm"))]
+    v.max(lo).min(hi)
 }
 
 /// Channels accumulated together in registers: every MobileNet width is a multiple of 16.
@@ -215,7 +270,7 @@ fn depthwise_body<X: Sample, Y: Sample, const TIES_EVEN: bool>(
                 let ms: &[f32; LANES] = m[at..at + LANES].try_into().unwrap();
                 let dst: &mut [Y; LANES] = (&mut out[at..at + LANES]).try_into().unwrap();
                 for l in 0..LANES {
-                    let v = round::<TIES_EVEN>(acc[l] * ms[l]).max(lo).min(hi);
+                    let v = clamp_to(round::<TIES_EVEN>(acc[l] * ms[l]), lo, hi);
                     dst[l] = Y::from_offset(v, yz);
                 }
             }
@@ -224,7 +279,7 @@ fn depthwise_body<X: Sample, Y: Sample, const TIES_EVEN: bool>(
                 for &(xo, ko) in taps {
                     acc += x[xo + ch].to_offset(xz) * k[ko + ch];
                 }
-                let v = round::<TIES_EVEN>(acc * m[ch]).max(lo).min(hi);
+                let v = clamp_to(round::<TIES_EVEN>(acc * m[ch]), lo, hi);
                 out[ch] = Y::from_offset(v, yz);
             }
         }
@@ -331,5 +386,77 @@ mod tests {
         let mut a = vec![1.0, -3.0];
         add(&mut a, &[2.0, 1.0], 0.5, 0.25, -2.0, 2.0);
         assert_eq!(a, [1.0, -1.0]);
+    }
+
+    /// Values where a rounding or clamping written by hand goes wrong: ties on both sides of
+    /// even, the edges of the exact-integer range, zeros, infinities, NaN, subnormals, and a
+    /// spread of bit patterns. (Only 32-bit ARM compiles the hand-written versions; elsewhere
+    /// these are the std functions themselves.)
+    fn awkward_values() -> Vec<f32> {
+        let mut v: Vec<f32> = (-2000..=2000).map(|k| k as f32 / 4.0).collect();
+        for e in [22, 23, 24, 30] {
+            let p = (1u32 << e) as f32;
+            for x in [
+                p,
+                f32::from_bits(p.to_bits() - 1),
+                f32::from_bits(p.to_bits() + 1),
+            ] {
+                v.extend([x, -x, x + 0.5, -x - 0.5]);
+            }
+        }
+        v.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        v.extend([
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            0.49999997,
+        ]);
+        v.extend([
+            -0.49999997,
+            0.50000006,
+            8_388_607.5,
+            -8_388_607.5,
+            4_194_303.5,
+        ]);
+        let mut bits = 0x1234_5678u32;
+        for _ in 0..20_000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            v.push(f32::from_bits(bits));
+            // Mostly the requantizers' range, where the results matter.
+            v.push(f32::from_bits(bits) % 600.0);
+        }
+        v
+    }
+
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn rounding_and_clamping_equal_the_std_functions_bit_for_bit() {
+        for v in awkward_values() {
+            let (even, away) = (round_ties_even(v), round_half_away(v));
+            assert!(same(even, v.round_ties_even()), "{v:e}: {even:e}");
+            assert!(same(away, v.round()), "{v:e}: {away:e}");
+            for (lo, hi) in [(0.0, 255.0), (-128.0, 127.0), (-10.0, 245.0)] {
+                let c = clamp_to(v, lo, hi);
+                let expected = v.max(lo).min(hi);
+                // `max` may return either zero for a zero bound; the value is what matters. On
+                // 32-bit ARM std's `max` flushes a subnormal to zero; both convert to 0.
+                let flushed = v.is_subnormal() && expected == 0.0 && c == v;
+                assert!(
+                    (c == expected || flushed) && !c.is_nan(),
+                    "{v:e} in [{lo}, {hi}]: {c:e}"
+                );
+            }
+        }
     }
 }

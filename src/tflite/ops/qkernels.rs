@@ -13,6 +13,8 @@
 //! `x86`; with NEON ones on aarch64 (`smlal` by element: 4, in a register-blocked kernel,
 //! `neon`); and as plain loops on other CPUs.
 
+use super::kernels::{clamp_to, round_ties_even};
+
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "x86_64")]
@@ -178,8 +180,8 @@ impl Requant {
         let bias: &[i32; BLOCK_N] = self.bias[c0..c0 + BLOCK_N].try_into().unwrap();
         let m: &[f32; BLOCK_N] = self.multiplier[c0..c0 + BLOCK_N].try_into().unwrap();
         for l in 0..BLOCK_N {
-            let v = ((acc[l] + bias[l]) as f32 * m[l]).round_ties_even();
-            let v = (v + self.zero_point).max(self.lo).min(self.hi);
+            let v = round_ties_even((acc[l] + bias[l]) as f32 * m[l]);
+            let v = clamp_to(v + self.zero_point, self.lo, self.hi);
             // Safety: clamped to [lo, hi] within 0..=255 (max/min never return NaN here).
             out[l] = unsafe { v.to_int_unchecked::<i32>() } as u8;
         }
