@@ -9,7 +9,7 @@
 
 use std::arch::aarch64::*;
 
-use super::kernels::{DepthwiseGeometry, DepthwiseParams, MAX_TAPS};
+use super::kernels::{for_each_window, DepthwiseGeometry, DepthwiseParams, MAX_TAPS};
 
 /// Channels one pass computes: 16 bytes of input, four registers of i32 sums.
 const LANES: usize = 16;
@@ -62,75 +62,55 @@ pub fn depthwise(
             yz: vdupq_n_f32(p.y_zero_point),
         }
     };
-    // (input offset, kernel offset) of each tap that lands inside the input, for one pixel.
-    let mut taps = [(0usize, 0usize); MAX_TAPS];
-    for oy in 0..g.out_h {
-        let top = (oy * g.stride_h) as isize - g.pad_top as isize;
-        let ky_from = (-top).max(0) as usize;
-        let ky_to = ((g.in_h as isize - top).min(g.kernel_h as isize)).max(0) as usize;
-        for ox in 0..g.out_w {
-            let left = (ox * g.stride_w) as isize - g.pad_left as isize;
-            let kx_from = (-left).max(0) as usize;
-            let kx_to = ((g.in_w as isize - left).min(g.kernel_w as isize)).max(0) as usize;
-            let mut n = 0;
-            for ky in ky_from..ky_to {
-                let iy = (top + ky as isize) as usize;
-                for kx in kx_from..kx_to {
-                    let ix = (left + kx as isize) as usize;
-                    taps[n] = ((iy * g.in_w + ix) * c, (ky * g.kernel_w + kx) * c);
-                    n += 1;
-                }
-            }
-            let taps = &taps[..n];
-            let out = (oy * g.out_w + ox) * c;
-            for block in 0..blocks {
-                let at = block * LANES;
-                // Safety: every tap's input offset is a pixel inside the map and its kernel
-                // offset a tap of the kernel (asserted sizes above), so the 16 channels from `at`
-                // (a whole block, `at + 16 <= c`) lie within `x` and `w.kernel`; likewise the
-                // bias, the multipliers and the output pixel's channels.
-                unsafe {
-                    let mut acc = [
-                        vld1q_s32(w.bias.as_ptr().add(at)),
-                        vld1q_s32(w.bias.as_ptr().add(at + 4)),
-                        vld1q_s32(w.bias.as_ptr().add(at + 8)),
-                        vld1q_s32(w.bias.as_ptr().add(at + 12)),
-                    ];
-                    let xzv = vdup_n_u8(xz);
-                    for &(xo, ko) in taps {
-                        let xv = vld1q_u8(x.as_ptr().add(xo + at));
-                        // Bytes minus the zero point, within ±255: exact as i16.
-                        let lo = vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(xv), xzv));
-                        let hi = vreinterpretq_s16_u16(vsubl_high_u8(xv, vdupq_n_u8(xz)));
-                        let kl = vld1q_s16(w.kernel.as_ptr().add(ko + at));
-                        let kh = vld1q_s16(w.kernel.as_ptr().add(ko + at + 8));
-                        acc[0] = vmlal_s16(acc[0], vget_low_s16(lo), vget_low_s16(kl));
-                        acc[1] = vmlal_high_s16(acc[1], lo, kl);
-                        acc[2] = vmlal_s16(acc[2], vget_low_s16(hi), vget_low_s16(kh));
-                        acc[3] = vmlal_high_s16(acc[3], hi, kh);
-                    }
-                    let m = p.multiplier.as_ptr().add(at);
-                    let v: [int32x4_t; 4] =
-                        std::array::from_fn(|i| q.apply(acc[i], vld1q_f32(m.add(4 * i))));
-                    let lo16 = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
-                    let hi16 = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
-                    let bytes = vcombine_u8(vqmovun_s16(lo16), vqmovun_s16(hi16));
-                    vst1q_u8(y.as_mut_ptr().add(out + at), bytes);
-                }
-            }
-            for ch in blocks * LANES..c {
-                let mut acc = w.bias[ch];
+    for_each_window(g, |pixel, taps| {
+        let out = pixel * c;
+        for block in 0..blocks {
+            let at = block * LANES;
+            // Safety: every tap's input offset is a pixel inside the map and its kernel
+            // offset a tap of the kernel (asserted sizes above), so the 16 channels from `at`
+            // (a whole block, `at + 16 <= c`) lie within `x` and `w.kernel`; likewise the
+            // bias, the multipliers and the output pixel's channels.
+            unsafe {
+                let mut acc = [
+                    vld1q_s32(w.bias.as_ptr().add(at)),
+                    vld1q_s32(w.bias.as_ptr().add(at + 4)),
+                    vld1q_s32(w.bias.as_ptr().add(at + 8)),
+                    vld1q_s32(w.bias.as_ptr().add(at + 12)),
+                ];
+                let xzv = vdup_n_u8(xz);
                 for &(xo, ko) in taps {
-                    acc += (x[xo + ch] as i32 - xz as i32) * w.kernel[ko + ch] as i32;
+                    let xv = vld1q_u8(x.as_ptr().add(xo + at));
+                    // Bytes minus the zero point, within ±255: exact as i16.
+                    let lo = vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(xv), xzv));
+                    let hi = vreinterpretq_s16_u16(vsubl_high_u8(xv, vdupq_n_u8(xz)));
+                    let kl = vld1q_s16(w.kernel.as_ptr().add(ko + at));
+                    let kh = vld1q_s16(w.kernel.as_ptr().add(ko + at + 8));
+                    acc[0] = vmlal_s16(acc[0], vget_low_s16(lo), vget_low_s16(kl));
+                    acc[1] = vmlal_high_s16(acc[1], lo, kl);
+                    acc[2] = vmlal_s16(acc[2], vget_low_s16(hi), vget_low_s16(kh));
+                    acc[3] = vmlal_high_s16(acc[3], hi, kh);
                 }
-                let v = ((acc as f32 * p.multiplier[ch]).round_ties_even())
-                    .max(p.lo)
-                    .min(p.hi);
-                // `as` saturates to 0..=255 as the narrowing above does.
-                y[out + ch] = (v + p.y_zero_point) as u8;
+                let m = p.multiplier.as_ptr().add(at);
+                let v: [int32x4_t; 4] =
+                    std::array::from_fn(|i| q.apply(acc[i], vld1q_f32(m.add(4 * i))));
+                let lo16 = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
+                let hi16 = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
+                let bytes = vcombine_u8(vqmovun_s16(lo16), vqmovun_s16(hi16));
+                vst1q_u8(y.as_mut_ptr().add(out + at), bytes);
             }
         }
-    }
+        for ch in blocks * LANES..c {
+            let mut acc = w.bias[ch];
+            for &(xo, ko) in taps {
+                acc += (x[xo + ch] as i32 - xz as i32) * w.kernel[ko + ch] as i32;
+            }
+            let v = ((acc as f32 * p.multiplier[ch]).round_ties_even())
+                .max(p.lo)
+                .min(p.hi);
+            // `as` saturates to 0..=255 as the narrowing above does.
+            y[out + ch] = (v + p.y_zero_point) as u8;
+        }
+    });
 }
 
 /// The f32 loop's ending for four channels: × multiplier, rounded half to even, clamped to the

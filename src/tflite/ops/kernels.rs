@@ -236,7 +236,42 @@ fn depthwise_body<X: Sample, Y: Sample, const TIES_EVEN: bool>(
     let (xz, yz) = (p.x_zero_point, p.y_zero_point);
     let c = g.channels;
     let blocks = c / LANES;
-    // (input offset, kernel offset) of each tap that lands inside the input, for one pixel.
+    for_each_window(g, |pixel, taps| {
+        let out = &mut y[pixel * c..][..c];
+        for block in 0..blocks {
+            let at = block * LANES;
+            let mut acc: [f32; LANES] = bias[at..at + LANES].try_into().unwrap();
+            for &(xo, ko) in taps {
+                let xs: &[X; LANES] = x[xo + at..xo + at + LANES].try_into().unwrap();
+                let ks: &[f32; LANES] = k[ko + at..ko + at + LANES].try_into().unwrap();
+                for l in 0..LANES {
+                    acc[l] += xs[l].to_offset(xz) * ks[l];
+                }
+            }
+            let ms: &[f32; LANES] = m[at..at + LANES].try_into().unwrap();
+            let dst: &mut [Y; LANES] = (&mut out[at..at + LANES]).try_into().unwrap();
+            for l in 0..LANES {
+                let v = clamp_to(round::<TIES_EVEN>(acc[l] * ms[l]), lo, hi);
+                dst[l] = Y::from_offset(v, yz);
+            }
+        }
+        for ch in blocks * LANES..c {
+            let mut acc = bias[ch];
+            for &(xo, ko) in taps {
+                acc += x[xo + ch].to_offset(xz) * k[ko + ch];
+            }
+            let v = clamp_to(round::<TIES_EVEN>(acc * m[ch]), lo, hi);
+            out[ch] = Y::from_offset(v, yz);
+        }
+    });
+}
+
+/// Calls `each(pixel, taps)` for every output pixel (`pixel` = `oy * out_w + ox`) with the (input
+/// offset, kernel offset) of each tap of its window that lands inside the input: the window walk
+/// of both depthwise loops (this file's and `depthwise_neon`'s).
+#[inline(always)]
+pub fn for_each_window(g: &DepthwiseGeometry, mut each: impl FnMut(usize, &[(usize, usize)])) {
+    let c = g.channels;
     let mut taps = [(0usize, 0usize); MAX_TAPS];
     for oy in 0..g.out_h {
         let top = (oy * g.stride_h) as isize - g.pad_top as isize;
@@ -255,33 +290,7 @@ fn depthwise_body<X: Sample, Y: Sample, const TIES_EVEN: bool>(
                     n += 1;
                 }
             }
-            let taps = &taps[..n];
-            let out = &mut y[(oy * g.out_w + ox) * c..][..c];
-            for block in 0..blocks {
-                let at = block * LANES;
-                let mut acc: [f32; LANES] = bias[at..at + LANES].try_into().unwrap();
-                for &(xo, ko) in taps {
-                    let xs: &[X; LANES] = x[xo + at..xo + at + LANES].try_into().unwrap();
-                    let ks: &[f32; LANES] = k[ko + at..ko + at + LANES].try_into().unwrap();
-                    for l in 0..LANES {
-                        acc[l] += xs[l].to_offset(xz) * ks[l];
-                    }
-                }
-                let ms: &[f32; LANES] = m[at..at + LANES].try_into().unwrap();
-                let dst: &mut [Y; LANES] = (&mut out[at..at + LANES]).try_into().unwrap();
-                for l in 0..LANES {
-                    let v = clamp_to(round::<TIES_EVEN>(acc[l] * ms[l]), lo, hi);
-                    dst[l] = Y::from_offset(v, yz);
-                }
-            }
-            for ch in blocks * LANES..c {
-                let mut acc = bias[ch];
-                for &(xo, ko) in taps {
-                    acc += x[xo + ch].to_offset(xz) * k[ko + ch];
-                }
-                let v = clamp_to(round::<TIES_EVEN>(acc * m[ch]), lo, hi);
-                out[ch] = Y::from_offset(v, yz);
-            }
+            each(oy * g.out_w + ox, &taps[..n]);
         }
     }
 }

@@ -355,12 +355,14 @@ pub fn add(a: &[u8], b: &[u8], p: &AddParams, y: &mut [u8]) {
 mod tests {
     use super::*;
 
-    /// The plain definition of a product, requantized.
+    /// The plain definition of a product, requantized to the output zero point 128 and clamped to
+    /// `lo..=hi`.
     fn reference(
         x: &[u8],
         w: &[i16],
         r: (&[i32], &[f32]),
         shape: (usize, usize, usize),
+        (lo, hi): (i32, i32),
     ) -> Vec<u8> {
         let (pixels, n, k) = shape;
         let (bias, m) = r;
@@ -371,7 +373,7 @@ mod tests {
                     .map(|i| x[p * k + i] as i32 * w[c * k + i] as i32)
                     .sum();
                 let v = ((acc + bias[c]) as f32 * m[c]).round_ties_even() as i32;
-                expected[p * n + c] = (v + 128).clamp(28, 248) as u8;
+                expected[p * n + c] = (v + 128).clamp(lo, hi) as u8;
             }
         }
         expected
@@ -392,7 +394,7 @@ mod tests {
                 .collect();
             let m: Vec<f32> = (0..n).map(|c| scale + c as f32 * 1e-4).collect();
             let r = Requant::new(bias.clone(), m.clone(), 128, 28, 248);
-            let expected = reference(&x, &w, (&bias, &m), (pixels, n, k));
+            let expected = reference(&x, &w, (&bias, &m), (pixels, n, k), (28, 248));
             assert!(
                 expected.contains(&28) && expected.contains(&248),
                 "clamps exercised"
@@ -433,34 +435,12 @@ mod tests {
             let bias: Vec<i32> = (0..n as i32).map(|c| (c - 17) * 300).collect();
             let m: Vec<f32> = (0..n).map(|c| 0.02 / k as f32 + c as f32 * 1e-5).collect();
             let r = Requant::new(bias.clone(), m.clone(), 128, 0, 255);
-            let expected = reference_with_zero_point(&x, &w, (&bias, &m), (pixels, n, k));
+            let expected = reference(&x, &w, (&bias, &m), (pixels, n, k), (0, 255));
             assert!(expected.iter().filter(|&&v| v > 0 && v < 255).count() > pixels * n / 2);
             let packed = PackedWeights::pack(&w, n, k);
             let mut y = vec![0u8; pixels * n];
             matmul(&x, pixels, &packed, &r, &mut y);
             assert_eq!(y, expected, "{k} input channels");
         }
-    }
-
-    /// `reference` with the output zero point 128 and the full u8 range.
-    fn reference_with_zero_point(
-        x: &[u8],
-        w: &[i16],
-        r: (&[i32], &[f32]),
-        shape: (usize, usize, usize),
-    ) -> Vec<u8> {
-        let (pixels, n, k) = shape;
-        let (bias, m) = r;
-        let mut expected = vec![0u8; pixels * n];
-        for p in 0..pixels {
-            for c in 0..n {
-                let acc: i32 = (0..k)
-                    .map(|i| x[p * k + i] as i32 * w[c * k + i] as i32)
-                    .sum();
-                let v = ((acc + bias[c]) as f32 * m[c]).round_ties_even() as i32;
-                expected[p * n + c] = (v + 128).clamp(0, 255) as u8;
-            }
-        }
-        expected
     }
 }
