@@ -130,6 +130,7 @@ impl Builder<'_> {
                 multiplier,
                 lo,
                 hi,
+                integer: Default::default(),
             };
             return Ok(self.target.wire_node(&name, op, &[x])?[0]);
         }

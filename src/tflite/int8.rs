@@ -157,6 +157,7 @@ impl Builder<'_> {
                     multiplier,
                     lo,
                     hi,
+                    integer: Default::default(),
                 })
             }
             window => {

@@ -9,33 +9,11 @@
 
 use std::arch::aarch64::*;
 
+use super::depthwise::IntegerWeights;
 use super::kernels::{for_each_window, DepthwiseGeometry, DepthwiseParams, MAX_TAPS};
 
 /// Channels one pass computes: 16 bytes of input, four registers of i32 sums.
 const LANES: usize = 16;
-
-/// The layer's weights and bias as integers, or `None` where one is not an integer the f32 loop
-/// holds exactly (never for a model's 8-bit offsets and int32 bias below 2^24).
-pub struct IntegerWeights {
-    kernel: Vec<i16>,
-    bias: Vec<i32>,
-}
-
-impl IntegerWeights {
-    pub fn new(p: &DepthwiseParams) -> Option<IntegerWeights> {
-        let exact = |v: f32, lo: f32, hi: f32| v.fract() == 0.0 && (lo..=hi).contains(&v);
-        let kernel = p.kernel.iter().all(|&k| exact(k, -255.0, 255.0));
-        // With |bias| ≤ 2^23, every partial sum of up to 25 taps of ±255 × ±255 stays below
-        // 2^24, where f32 holds every integer.
-        let limit = (1 << 23) as f32;
-        let bias = p.bias.iter().all(|&b| exact(b, -limit, limit));
-        let zero_point = exact(p.x_zero_point, 0.0, 255.0);
-        (kernel && bias && zero_point).then(|| IntegerWeights {
-            kernel: p.kernel.iter().map(|&k| k as i16).collect(),
-            bias: p.bias.iter().map(|&b| b as i32).collect(),
-        })
-    }
-}
 
 /// One NHWC image of u8 values, `x` `[in_h, in_w, C]` into `y` `[out_h, out_w, C]`, as
 /// `kernels::depthwise::<u8, u8, true>` computes it.
