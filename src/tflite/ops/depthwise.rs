@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use tract_core::internal::*;
 
-use super::kernels::{self, DepthwiseGeometry, DepthwiseParams};
+use super::kernels::{self, DepthwiseGeometry, DepthwiseParams, IntegerWeights};
 
 /// What the operator reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,32 +39,6 @@ pub struct RequantizedDepthwise {
     /// The int8 graph's weights as integers where the CPU sums in integers (aarch64): made at
     /// the first frame, not at every one.
     pub integer: OnceLock<Option<IntegerWeights>>,
-}
-
-/// The layer's weights and bias as integers, or `None` where one is not an integer the f32 loop
-/// holds exactly (never for a model's 8-bit offsets and int32 bias below 2^24).
-#[derive(Debug, Clone, PartialEq)]
-pub struct IntegerWeights {
-    pub kernel: Vec<i16>,
-    pub bias: Vec<i32>,
-}
-
-// Only aarch64 sums in integers (`depthwise_neon`).
-#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-impl IntegerWeights {
-    pub fn new(p: &DepthwiseParams) -> Option<IntegerWeights> {
-        let exact = |v: f32, lo: f32, hi: f32| v.fract() == 0.0 && (lo..=hi).contains(&v);
-        let kernel = p.kernel.iter().all(|&k| exact(k, -255.0, 255.0));
-        // With |bias| ≤ 2^23, every partial sum of up to 25 taps of ±255 × ±255 stays below
-        // 2^24, where f32 holds every integer.
-        let limit = (1 << 23) as f32;
-        let bias = p.bias.iter().all(|&b| exact(b, -limit, limit));
-        let zero_point = exact(p.x_zero_point, 0.0, 255.0);
-        (kernel && bias && zero_point).then(|| IntegerWeights {
-            kernel: p.kernel.iter().map(|&k| k as i16).collect(),
-            bias: p.bias.iter().map(|&b| b as i32).collect(),
-        })
-    }
 }
 
 // Weights, zero points, multipliers and bounds are finite numbers read from the model file.

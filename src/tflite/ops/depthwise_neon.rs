@@ -9,8 +9,9 @@
 
 use std::arch::aarch64::*;
 
-use super::depthwise::IntegerWeights;
-use super::kernels::{for_each_window, DepthwiseGeometry, DepthwiseParams, MAX_TAPS};
+use super::kernels::{
+    for_each_window, DepthwiseGeometry, DepthwiseParams, IntegerWeights, MAX_TAPS,
+};
 
 /// Channels one pass computes: 16 bytes of input, four registers of i32 sums.
 const LANES: usize = 16;
