@@ -5,9 +5,9 @@
 //! cosine of its embeddings against LiteRT's (the golden features of the six frames).
 //!
 //! `cargo bench --bench backbone` (release profile; `--features onnx` adds the ONNX reference
-//! files, `--features threads` allows `BENCH_THREADS` above 1). Environment:
+//! files). Environment:
 //! - `BENCH_RUNS=N`: timed warm frames per row (default and minimum 30);
-//! - `BENCH_THREADS=N`: threads per frame (default 1; more needs the `threads` feature);
+//! - `BENCH_THREADS=N`: threads per frame (default 1; `Backbone::set_threads`);
 //! - `BENCH_DEFAULT_ONLY=1`: only the default model's precisions (what
 //!   `benches/backbone_vs_peers.sh` runs).
 //!
@@ -134,13 +134,6 @@ fn measure(
 fn main() {
     let runs = env_usize("BENCH_RUNS").unwrap_or(30).max(30);
     let threads = env_usize("BENCH_THREADS").unwrap_or(1).max(1);
-    if threads > 1 && !cfg!(feature = "threads") {
-        eprintln!(
-            "error: BENCH_THREADS={threads}: this bench was built without the `threads` feature, \
-             so every frame runs on one thread (cargo bench --bench backbone --features threads)"
-        );
-        std::process::exit(2);
-    }
     let default_only = std::env::var("BENCH_DEFAULT_ONLY").is_ok_and(|v| !v.is_empty() && v != "0");
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
     std::env::set_var(models::MODELS_ENV, &shared);

@@ -15,7 +15,7 @@
 #   1. creates (first run) or reuses the virtual environment and pip-installs ai-edge-litert,
 #      onnxruntime and numpy into it; if that cannot be done it says why and goes on without the
 #      peers that are missing;
-#   2. builds benches/backbone.rs in the release profile with `--features threads`
+#   2. builds benches/backbone.rs in the release profile
 #      (`cargo bench --no-run`; fat LTO, so the first build takes minutes);
 #   3. for each thread count, back to back: the peers (benches/peer/backbone_peers.py: LiteRT with
 #      XNNPACK on mobilenet_v2_1.0_224_quant.tflite, onnxruntime f32 on the dequantized backbone,
@@ -103,8 +103,8 @@ setup_venv
 [[ $PEERS_OK == 1 ]] || echo "warning: no peers measured: $NO_PEERS" >&2
 
 # --- 2. the edge-mnv2 bench ------------------------------------------------------------------
-echo "building benches/backbone.rs (release profile, --features threads)" >&2
-BENCH_BIN=$(cargo bench --bench backbone --features threads --no-run --message-format=json-render-diagnostics |
+echo "building benches/backbone.rs (release profile)" >&2
+BENCH_BIN=$(cargo bench --bench backbone --no-run --message-format=json-render-diagnostics |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 if [[ -z $BENCH_BIN || ! -x $BENCH_BIN ]]; then
     echo "error: cargo did not report the backbone bench executable" >&2

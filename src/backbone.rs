@@ -11,8 +11,6 @@ use std::sync::Arc;
 use image::RgbImage;
 use thiserror::Error;
 use tract_core::prelude::*;
-#[cfg(feature = "threads")]
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
 #[cfg(feature = "onnx")]
 use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceModelExt};
 
@@ -21,6 +19,7 @@ use crate::models::Layout;
 use crate::models::{InputDtype, ModelFormat, ModelSpec, Precision, ResolvedModel, ScoresKind};
 use crate::numeric;
 use crate::tflite;
+pub use crate::tflite::one_thread_per_frame;
 use crate::{calibration, preprocess};
 
 /// Width of MobileNetV2 1.0's pooled feature vector.
@@ -101,9 +100,9 @@ pub struct Backbone {
     f32_fallbacks: Vec<String>,
     labels: Option<Vec<String>>,
     with_scores: bool,
-    /// Threads one frame's matrix products are split over (`None`: the calling thread only).
-    #[cfg(feature = "threads")]
-    executor: Option<(usize, Executor)>,
+    /// Threads one frame's own operators (the int8 products, the depthwise convolutions) are
+    /// split over (1: the calling thread only).
+    threads: usize,
 }
 
 impl std::fmt::Debug for Backbone {
@@ -169,8 +168,7 @@ impl Backbone {
             f32_fallbacks: built.f32_fallbacks,
             labels,
             with_scores,
-            #[cfg(feature = "threads")]
-            executor: None,
+            threads: 1,
         })
     }
 
@@ -186,29 +184,17 @@ impl Backbone {
         &self.sha256
     }
 
-    /// Splits each frame's work over `n` threads (1: the calling thread only). Can help
-    /// single-stream latency (camera, classify) on boards where `calibrate` shows a gain; batch
-    /// embedding parallelises over images instead. Needs the `threads` feature: without it every
-    /// frame runs on the calling thread and a request for more is logged and ignored.
+    /// Splits each frame over `n` threads (1: the calling thread only): our own operators (the
+    /// int8 graph's products and every depthwise convolution) share their output rows out;
+    /// tract's f32 products stay on the calling thread. Cuts single-stream latency (camera,
+    /// classify) on multi-core boards (`calibrate` measures by how much); batch embedding runs
+    /// frames side by side instead ([`one_thread_per_frame`]).
     pub fn set_threads(&mut self, n: usize) {
-        #[cfg(feature = "threads")]
-        {
-            self.executor =
-                (n > 1).then(|| (n, Executor::multithread_with_name(n, "edge-mnv2-backbone")));
-        }
-        #[cfg(not(feature = "threads"))]
-        if n > 1 {
-            log::warn!(
-                "{n} threads per frame asked for, but this build has no `threads` feature: using 1"
-            );
-        }
+        self.threads = n.max(1);
     }
 
     pub fn threads(&self) -> usize {
-        #[cfg(feature = "threads")]
-        return self.executor.as_ref().map_or(1, |(n, _)| *n);
-        #[cfg(not(feature = "threads"))]
-        1
+        self.threads
     }
 
     /// `Some` for TFLite files, which can run in either precision.
@@ -250,15 +236,8 @@ impl Backbone {
             // Safety: both types are u8 underneath; only the quantization tag differs.
             unsafe { input.set_datum_type(self.input_type) };
         }
-        #[cfg(feature = "threads")]
-        let outputs = match &self.executor {
-            None => self.plan.run(tvec!(input.into())),
-            Some((_, pool)) => {
-                multithread_tract_scope(pool.clone(), || self.plan.run(tvec!(input.into())))
-            }
-        };
-        #[cfg(not(feature = "threads"))]
-        let outputs = self.plan.run(tvec!(input.into()));
+        let outputs =
+            tflite::with_frame_threads(self.threads, || self.plan.run(tvec!(input.into())));
         let outputs = outputs.map_err(|e| BackboneError::Run(format!("{e:#}")))?;
         let embedding = f32_values(&outputs[0])?;
         let scores = if self.with_scores {

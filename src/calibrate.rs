@@ -27,12 +27,8 @@ pub struct CalibrateOptions {
     pub min_top1_agreement: f64,
 }
 
-/// The thread counts `calibrate` tries when none are given: 1, 2, 4, … up to the core count, or
-/// only 1 in a build without the `threads` feature (where a frame always runs on one thread).
+/// The thread counts `calibrate` tries when none are given: 1, 2, 4, … up to the core count.
 pub fn default_threads() -> Vec<usize> {
-    if !cfg!(feature = "threads") {
-        return vec![1];
-    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::iter::successors(Some(1usize), |t| Some(t * 2))
         .take_while(|&t| t <= cores)
@@ -138,11 +134,6 @@ pub fn calibrate(
     threads.dedup();
     threads.retain(|&t| t >= 1);
     anyhow::ensure!(!threads.is_empty(), "no thread count to measure");
-    anyhow::ensure!(
-        cfg!(feature = "threads") || threads == [1],
-        "--threads {threads:?}: this build runs each frame on one thread (rebuild with \
-         `--features threads` to measure more)"
-    );
 
     let mut reference: Option<Pass> = None;
     let mut measurements = Vec::new();

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use sha2::{Digest, Sha256};
 
 use crate::augment::{self, AugmentParams};
-use crate::backbone::{Backbone, EMBEDDING_DIM};
+use crate::backbone::{self, Backbone, EMBEDDING_DIM};
 use crate::fsutil;
 use crate::preprocess::{self, PREPROCESS_VERSION};
 use crate::views::{self, Views};
@@ -192,10 +192,11 @@ pub fn embed_all(
     let mut results: Vec<Option<Result<ImageEmbeddings, String>>> = vec![None; paths.len()];
     let mut stats = EmbedStats::default();
     std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
+        let workers = threads.max(1);
+        for _ in 0..workers {
             let tx = tx.clone();
             let (next, warned) = (&next, &warned);
-            s.spawn(move || loop {
+            let work = move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= paths.len() || cancel.load(Ordering::Relaxed) {
                     break;
@@ -204,6 +205,12 @@ pub fn embed_all(
                 if tx.send((i, r)).is_err() {
                     break;
                 }
+            };
+            // Workers side by side already fill the cores: a frame split again would only
+            // add threads that wait for them.
+            s.spawn(move || match workers {
+                1 => work(),
+                _ => backbone::one_thread_per_frame(work),
             });
         }
         drop(tx);

@@ -9,12 +9,8 @@ use std::process::Output;
 use common::*;
 use serde_json::Value;
 
-/// Thread counts measured: intra-frame threads exist only with the `threads` feature.
-const THREADS: &str = if cfg!(feature = "threads") {
-    "1,2"
-} else {
-    "1"
-};
+/// Thread counts measured: one frame on one thread and split over two.
+const THREADS: &str = "1,2";
 
 fn classify_json(cal: &Path, extra: &[&str]) -> Value {
     let img = models_dir().join("images/bird.bmp");
@@ -148,7 +144,7 @@ fn calibrate_writes_a_table_and_a_file_that_classify_follows() {
     std::fs::write(&cal, serde_json::to_string(&edited).unwrap()).unwrap();
     let c = classify_json(&cal, &[]);
     assert_eq!(c["precision"], "f32");
-    assert_eq!(c["threads"], if cfg!(feature = "threads") { 2 } else { 1 });
+    assert_eq!(c["threads"], 2);
 
     // ...unless --precision says otherwise.
     let c = classify_json(&cal, &["--precision", "int8"]);

@@ -149,6 +149,28 @@ fn tflite_int8_matches_litert() {
     assert!(min_cosine(&b, LITERT) >= 0.9999);
 }
 
+/// A frame split over threads (each of our operators in bands of output rows, one per thread)
+/// gives the very numbers one thread gives, in both precisions whose graphs hold our operators.
+#[test]
+fn frames_split_over_threads_give_the_same_embeddings() {
+    for precision in [Precision::Int8, Precision::F32] {
+        let mut b = backbone_in("mobilenet_v2_1.0_224_quant", false, precision);
+        let frames: Vec<_> = GOLDEN_IMAGES.iter().map(|img| frame(img)).collect();
+        let one: Vec<Vec<f32>> = frames.iter().map(|f| b.embed(f).unwrap()).collect();
+        for threads in [2, 3, 5] {
+            b.set_threads(threads);
+            assert_eq!(b.threads(), threads);
+            for ((f, expected), img) in frames.iter().zip(&one).zip(GOLDEN_IMAGES) {
+                let split = b.embed(f).unwrap();
+                assert!(
+                    split == *expected,
+                    "{precision:?}, {threads} threads, {img}"
+                );
+            }
+        }
+    }
+}
+
 // f16: the dequantized network in half precision (no 8-bit rounding between layers), so it is
 // held to the bar for a float variant, not to f32's: cosine >= 0.997 to LiteRT, and the
 // same top-1 (the classifier tests below). Where the CPU has no FP16 the load must be refused

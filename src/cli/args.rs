@@ -270,8 +270,7 @@ pub struct CalibrateArgs {
     /// an images.txt list (default: calibration/, the list a source checkout has at its root)
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
-    /// Thread counts to try, comma-separated (default: 1, 2, 4, ... up to the core count;
-    /// 1 only without the `threads` feature)
+    /// Thread counts to try, comma-separated (default: 1, 2, 4, ... up to the core count)
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Timed frames per precision and thread count

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use tract_core::internal::*;
 
+use super::frame_threads::split_rows;
 use super::kernels::{self, DepthwiseGeometry, DepthwiseParams, IntegerWeights};
 
 /// What the operator reads and writes.
@@ -73,16 +74,17 @@ impl RequantizedDepthwise {
         x: &Tensor,
         params: &DepthwiseParams,
     ) -> TractResult<Tensor> {
-        self.run_with::<X, Y>(x, |x, y| {
-            kernels::depthwise::<X, Y, TIES_EVEN>(&self.geometry, params, x, y)
+        self.run_with::<X, Y>(x, |g, x, y| {
+            kernels::depthwise::<X, Y, TIES_EVEN>(g, params, x, y)
         })
     }
 
-    /// `image` on each image of the batch, into a new tensor.
+    /// `band` on each image of the batch, into a new tensor: on bands of output rows spread over
+    /// the frame's threads, each with its geometry and its slices of the input and output.
     fn run_with<X: Datum, Y: Datum>(
         &self,
         x: &Tensor,
-        mut image: impl FnMut(&[X], &mut [Y]),
+        band: impl Fn(&DepthwiseGeometry, &[X], &mut [Y]) + Sync,
     ) -> TractResult<Tensor> {
         let g = &self.geometry;
         let xs = x.try_as_plain_ram()?.as_slice::<X>()?;
@@ -93,8 +95,18 @@ impl RequantizedDepthwise {
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<Y>()?;
+            let in_row = g.in_w * g.channels;
+            let out_row = g.out_w * g.channels;
+            let work_per_row = out_row * g.kernel_h * g.kernel_w;
             for (x, y) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                image(x, y);
+                split_rows(y, out_row, 1, work_per_row, |rows, y| {
+                    let (g, input_rows) = g.band(rows);
+                    band(
+                        &g,
+                        &x[input_rows.start * in_row..input_rows.end * in_row],
+                        y,
+                    )
+                });
             }
         }
         Ok(y)
@@ -149,8 +161,8 @@ impl EvalOp for RequantizedDepthwise {
                 params.y_zero_point = y_zero_point;
                 #[cfg(target_arch = "aarch64")]
                 if let Some(w) = self.integer.get_or_init(|| IntegerWeights::new(&params)) {
-                    let y = self.run_with::<u8, u8>(&inputs[0], |x, y| {
-                        super::depthwise_neon::depthwise(&self.geometry, &params, w, x, y)
+                    let y = self.run_with::<u8, u8>(&inputs[0], |g, x, y| {
+                        super::depthwise_neon::depthwise(g, &params, w, x, y)
                     })?;
                     return Ok(tvec!(y.into_tvalue()));
                 }

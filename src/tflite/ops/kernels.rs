@@ -8,6 +8,8 @@
 //! order of the additions does not change a result: these loops give exactly what tract's own
 //! convolution and element-wise ops gave in the graph they replace.
 
+use std::ops::Range;
+
 /// Where a depthwise window sits: the input map, the kernel and the output map, NHWC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DepthwiseGeometry {
@@ -22,6 +24,28 @@ pub struct DepthwiseGeometry {
     pub pad_left: usize,
     pub out_h: usize,
     pub out_w: usize,
+}
+
+impl DepthwiseGeometry {
+    /// Output rows `rows` alone, as a geometry of their own, and the input rows their windows
+    /// read: the band a thread computes from its slice of the input into its slice of the output
+    /// (the windows of the band's first rows start in the input or its top padding, as before).
+    pub fn band(&self, rows: Range<usize>) -> (DepthwiseGeometry, Range<usize>) {
+        let top = (rows.start * self.stride_h) as isize - self.pad_top as isize;
+        let first = top.max(0) as usize;
+        let bottom = match rows.end.checked_sub(1) {
+            Some(last) => (last * self.stride_h + self.kernel_h) as isize - self.pad_top as isize,
+            None => top,
+        };
+        let end = (bottom.max(0) as usize).clamp(first, self.in_h.max(first));
+        let band = DepthwiseGeometry {
+            in_h: end - first,
+            pad_top: (first as isize - top) as usize,
+            out_h: rows.len(),
+            ..*self
+        };
+        (band, first..end)
+    }
 }
 
 /// TFLite's requantization of a layer's accumulators, in place: `round(acc × m)` (half away from
@@ -406,6 +430,22 @@ mod tests {
             let shifted: Vec<f32> = yu.iter().map(|&v| v as f32 - 10.0).collect();
             assert_eq!(shifted, expected);
             assert_eq!(y, expected, "stride {stride}, {in_hw}x{in_hw}, pad {pad}");
+            // Any band of output rows, from its own input rows, gives those rows (how a frame
+            // is split over threads).
+            let (in_row, out_row) = (in_hw * c, out_hw * c);
+            for start in 0..out_hw {
+                for end in start + 1..=out_hw {
+                    let (band, rows) = g.band(start..end);
+                    let mut part = vec![f32::NAN; (end - start) * out_row];
+                    let x = &x[rows.start * in_row..rows.end * in_row];
+                    depthwise::<f32, f32, false>(&band, &params, x, &mut part);
+                    assert_eq!(
+                        part,
+                        y[start * out_row..end * out_row],
+                        "rows {start}..{end}"
+                    );
+                }
+            }
             // The data reach both ends of the range, so the clamps are exercised too.
             clamped_low |= y.contains(&-10.0);
             clamped_high |= y.contains(&245.0);

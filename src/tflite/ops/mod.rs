@@ -16,6 +16,7 @@ pub mod qkernels;
 mod depthwise;
 #[cfg(target_arch = "aarch64")]
 mod depthwise_neon;
+pub mod frame_threads;
 mod quantized;
 mod requantize;
 

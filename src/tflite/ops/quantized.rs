@@ -4,6 +4,7 @@
 
 use tract_core::internal::*;
 
+use super::frame_threads::split_rows;
 use super::kernels::DepthwiseGeometry;
 use super::qkernels::{self, AddParams, PackedWeights, Requant};
 
@@ -95,12 +96,24 @@ impl EvalOp for QuantizedConv {
                     for (x, rows) in xs.chunks_exact(in_len).zip(buf.chunks_exact_mut(out_len)) {
                         qkernels::im2col(g, x, *zero_point, rows);
                     }
-                    qkernels::matmul(buf, pixels, &self.weights, &self.requant, out);
+                    self.matmul(buf, out);
                 }),
-                None => qkernels::matmul(xs, pixels, &self.weights, &self.requant, out),
+                None => self.matmul(xs, out),
             }
         }
         Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl QuantizedConv {
+    /// The product of `x`'s pixels with the weights into `y`, its pixels split over the frame's
+    /// threads in whole blocks of the kernels' four rows.
+    fn matmul(&self, x: &[u8], y: &mut [u8]) {
+        let (k, n) = (self.weights.k, self.weights.n);
+        split_rows(y, n, 4, k * n, |pixels, y| {
+            let x = &x[pixels.start * k..pixels.end * k];
+            qkernels::matmul(x, pixels.len(), &self.weights, &self.requant, y)
+        })
     }
 }
 
