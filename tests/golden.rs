@@ -151,13 +151,14 @@ fn tflite_int8_matches_litert() {
 
 /// A frame split over threads (each of our operators in bands of output rows, one per thread)
 /// gives the very numbers one thread gives, in both precisions whose graphs hold our operators.
+/// Two frames and two splits (even and odd): this file also runs under qemu, frame by frame.
 #[test]
 fn frames_split_over_threads_give_the_same_embeddings() {
     for precision in [Precision::Int8, Precision::F32] {
         let mut b = backbone_in("mobilenet_v2_1.0_224_quant", false, precision);
-        let frames: Vec<_> = GOLDEN_IMAGES.iter().map(|img| frame(img)).collect();
+        let frames: Vec<_> = GOLDEN_IMAGES[..2].iter().map(|img| frame(img)).collect();
         let one: Vec<Vec<f32>> = frames.iter().map(|f| b.embed(f).unwrap()).collect();
-        for threads in [2, 3, 5] {
+        for threads in [2, 3] {
             b.set_threads(threads);
             assert_eq!(b.threads(), threads);
             for ((f, expected), img) in frames.iter().zip(&one).zip(GOLDEN_IMAGES) {
