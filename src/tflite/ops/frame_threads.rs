@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::thread::LocalKey;
 
 thread_local! {
     /// Threads this thread's current frame may use (1: itself only).
@@ -25,31 +26,26 @@ pub const MIN_WORK_PER_THREAD: usize = 1 << 21;
 
 /// Runs `run` with this thread's operators splitting each frame over up to `threads` threads.
 pub fn with_frame_threads<R>(threads: usize, run: impl FnOnce() -> R) -> R {
-    let allowed = threads.clamp(1, CAP.get());
-    let before = THREADS.replace(allowed);
-    // Restored however `run` ends, so a panic caught above cannot leave the count behind.
-    struct Restore(usize);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            THREADS.set(self.0);
-        }
-    }
-    let _restore = Restore(before);
-    run()
+    with_set(&THREADS, threads.clamp(1, CAP.get()), run)
 }
 
 /// Runs `run` with every frame on this thread kept to this thread: for workers that already
 /// run frames side by side, one per core, where splitting each frame again would only add
 /// threads fighting for the same cores.
 pub fn one_thread_per_frame<R>(run: impl FnOnce() -> R) -> R {
-    let before = CAP.replace(1);
-    struct Restore(usize);
+    with_set(&CAP, 1, run)
+}
+
+/// Runs `run` with `cell` set to `value`, restored however `run` ends (a panic caught above
+/// cannot leave the value behind).
+fn with_set<R>(cell: &'static LocalKey<Cell<usize>>, value: usize, run: impl FnOnce() -> R) -> R {
+    struct Restore(&'static LocalKey<Cell<usize>>, usize);
     impl Drop for Restore {
         fn drop(&mut self) {
-            CAP.set(self.0);
+            self.0.set(self.1);
         }
     }
-    let _restore = Restore(before);
+    let _restore = Restore(cell, cell.replace(value));
     run()
 }
 
