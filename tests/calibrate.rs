@@ -232,3 +232,101 @@ fn rows_below_min_agreement_are_out_of_budget_and_never_chosen() {
     }
     assert_eq!(v["choice"]["precision"], "int8", "{v}");
 }
+
+/// On x86 the kernels run in copies compiled for AVX2 (`*_avx2`, `x86::avx2`, `x86::avx512vnni`),
+/// picked at run time; the binary itself targets baseline x86-64, where rounding is a libm call
+/// per value. A call from such a copy into code of ours that is not one (a closure the compiler
+/// kept out of line) or into libm runs at the baseline's speed: f6690e2 did that to the depthwise
+/// loop, and int8 frames took 2.4x as long. Read from the binary's own disassembly (binutils, which
+/// come with the C linker).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x86_kernels_call_no_baseline_code() {
+    use std::collections::HashMap;
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_edge-mnv2");
+    let run = |program: &str, args: &[&str]| -> String {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} (binutils): {e}"));
+        assert!(out.status.success(), "{program}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    // Every function by address, and the kernels with their extents.
+    let mut names = HashMap::new();
+    let mut kernels = Vec::new();
+    for line in run("nm", &["-C", "--defined-only", "-S", bin]).lines() {
+        let mut fields = line.splitn(4, ' ');
+        let (Some(at), Some(size), Some(_), Some(name)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (Some(at), Some(size)) = (hex(at), hex(size)) else {
+            continue;
+        };
+        let kernel = |n: &str| n.ends_with("_avx2") || n.contains("::x86::");
+        if name.starts_with("edge_mnv2::tflite::ops::") && kernel(name) {
+            kernels.push((at, size, name.to_string()));
+        }
+        names.insert(at, name.to_string());
+    }
+    assert!(
+        kernels.len() >= 5,
+        "the x86 kernels are not in {bin}: {kernels:?}"
+    );
+    // Indirect calls go through a GOT slot that the loader fills with a function's address.
+    let mut slots = HashMap::new();
+    for line in run("objdump", &["-R", bin]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [slot, "R_X86_64_RELATIVE", target] = f[..] {
+            if let (Some(slot), Some(target)) = (hex(slot), target.strip_prefix("*ABS*+")) {
+                slots.insert(slot, hex(target));
+            }
+        }
+    }
+    // Allocation, copies and panics are once per call; rounding and our own loops are per value.
+    let libm = [
+        "rintf", "roundf", "fminf", "fmaxf", "floorf", "ceilf", "truncf", "lrintf",
+    ];
+    let baseline = |callee: &str| {
+        let name = callee.split('@').next().unwrap_or(callee);
+        libm.contains(&name)
+            || (name.starts_with("edge_mnv2::") && !kernels.iter().any(|(_, _, k)| k == name))
+    };
+    let mut wrong = Vec::new();
+    for (at, size, kernel) in &kernels {
+        let (from, to) = (
+            format!("--start-address={at:#x}"),
+            format!("--stop-address={:#x}", at + size),
+        );
+        for line in run("objdump", &["-d", "--no-show-raw-insn", &from, &to, bin]).lines() {
+            let Some((_, call)) = line.split_once("\tcall") else {
+                continue;
+            };
+            let target = match call.split_once("# ") {
+                Some((_, slot)) => hex(slot.split(' ').next().unwrap_or(""))
+                    .and_then(|s| slots.get(&s).copied().flatten()),
+                None => hex(call.split_whitespace().next().unwrap_or("")),
+            };
+            // A symbol of the binary, or the shared library's name objdump shows (`<memcpy@GLIBC_2.14>`).
+            let shown = call.rsplit_once('<').map(|(_, n)| n.trim_end_matches('>'));
+            let callee = target
+                .and_then(|t| names.get(&t).map(String::as_str))
+                .or(shown);
+            match callee {
+                Some(callee) if !baseline(callee) => {}
+                other => wrong.push(format!("{kernel} calls {}", other.unwrap_or(call.trim()))),
+            }
+        }
+    }
+    wrong.sort();
+    wrong.dedup();
+    assert!(
+        wrong.is_empty(),
+        "x86 kernels leave their AVX2 code:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -286,34 +286,40 @@ fn depthwise_body<X: Sample, Y: Sample, const TIES_EVEN: bool>(
     let (xz, yz) = (p.x_zero_point, p.y_zero_point);
     let c = g.channels;
     let blocks = c / LANES;
-    for_each_window(g, |pixel, taps| {
-        let out = &mut y[pixel * c..][..c];
-        for block in 0..blocks {
-            let at = block * LANES;
-            let mut acc: [f32; LANES] = bias[at..at + LANES].try_into().unwrap();
-            for &(xo, ko) in taps {
-                let xs: &[X; LANES] = x[xo + at..xo + at + LANES].try_into().unwrap();
-                let ks: &[f32; LANES] = k[ko + at..ko + at + LANES].try_into().unwrap();
+    // Inlined, the window's body is compiled with the caller's target features (AVX2): left a
+    // function of its own, it is baseline x86-64, where rounding is a libm call per lane.
+    for_each_window(
+        g,
+        #[inline(always)]
+        |pixel, taps| {
+            let out = &mut y[pixel * c..][..c];
+            for block in 0..blocks {
+                let at = block * LANES;
+                let mut acc: [f32; LANES] = bias[at..at + LANES].try_into().unwrap();
+                for &(xo, ko) in taps {
+                    let xs: &[X; LANES] = x[xo + at..xo + at + LANES].try_into().unwrap();
+                    let ks: &[f32; LANES] = k[ko + at..ko + at + LANES].try_into().unwrap();
+                    for l in 0..LANES {
+                        acc[l] += xs[l].to_offset(xz) * ks[l];
+                    }
+                }
+                let ms: &[f32; LANES] = m[at..at + LANES].try_into().unwrap();
+                let dst: &mut [Y; LANES] = (&mut out[at..at + LANES]).try_into().unwrap();
                 for l in 0..LANES {
-                    acc[l] += xs[l].to_offset(xz) * ks[l];
+                    let v = clamp_to(round::<TIES_EVEN>(acc[l] * ms[l]), lo, hi);
+                    dst[l] = Y::from_offset(v, yz);
                 }
             }
-            let ms: &[f32; LANES] = m[at..at + LANES].try_into().unwrap();
-            let dst: &mut [Y; LANES] = (&mut out[at..at + LANES]).try_into().unwrap();
-            for l in 0..LANES {
-                let v = clamp_to(round::<TIES_EVEN>(acc[l] * ms[l]), lo, hi);
-                dst[l] = Y::from_offset(v, yz);
+            for ch in blocks * LANES..c {
+                let mut acc = bias[ch];
+                for &(xo, ko) in taps {
+                    acc += x[xo + ch].to_offset(xz) * k[ko + ch];
+                }
+                let v = clamp_to(round::<TIES_EVEN>(acc * m[ch]), lo, hi);
+                out[ch] = Y::from_offset(v, yz);
             }
-        }
-        for ch in blocks * LANES..c {
-            let mut acc = bias[ch];
-            for &(xo, ko) in taps {
-                acc += x[xo + ch].to_offset(xz) * k[ko + ch];
-            }
-            let v = clamp_to(round::<TIES_EVEN>(acc * m[ch]), lo, hi);
-            out[ch] = Y::from_offset(v, yz);
-        }
-    });
+        },
+    );
 }
 
 /// Calls `each(pixel, taps)` for every output pixel (`pixel` = `oy * out_w + ox`) with the (input
