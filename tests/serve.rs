@@ -382,6 +382,54 @@ fn mjpeg_stream_file_json_lines_only_bounded_run() {
     assert!(!stderr(&o).contains("listening"), "{}", stderr(&o));
 }
 
+/// A truncated JPEG among a folder's frames (the first 5 KB of a 131 KB picture, which decoders
+/// fill with grey and call a success) is a failed frame: skipped with its reason and counted, not
+/// classified (issue 24, finding 6).
+#[test]
+fn a_truncated_frame_is_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    let val = hymenoptera().join("val");
+    std::fs::copy(
+        val.join("ants/10308379_1b6c72e180.jpg"),
+        frames.join("a.jpg"),
+    )
+    .unwrap();
+    let whole = std::fs::read(hymenoptera_train_image("bees", 0)).unwrap();
+    std::fs::write(frames.join("b.jpg"), &whole[..5_000]).unwrap();
+    std::fs::copy(
+        val.join("bees/10870992_eebeeb3a12.jpg"),
+        frames.join("c.jpg"),
+    )
+    .unwrap();
+    let o = edge_command()
+        .args(["serve", "--head", s(shared_head()), "--source", s(&frames)])
+        .args(["--no-http", "--frames", "2"])
+        .env("EDGE_MNV2_MODELS", models_dir())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let sources: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| json_of(l)["source"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        sources.len() == 2 && sources[0].ends_with("a.jpg") && sources[1].ends_with("c.jpg"),
+        "{sources:?}"
+    );
+    assert!(
+        err.contains("b.jpg skipped: ") && err.contains("b.jpg: truncated or corrupt JPEG"),
+        "{err}"
+    );
+    assert!(
+        err.contains("stopped: 2 frames classified, 0 dropped, 1 failed"),
+        "{err}"
+    );
+}
+
 #[test]
 fn threshold_turns_unsure_labels_into_unknown() {
     let bee = hymenoptera().join("val/bees/10870992_eebeeb3a12.jpg");
