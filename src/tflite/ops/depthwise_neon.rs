@@ -5,7 +5,9 @@
 //! adds separately; here a tap of 16 channels costs 8 instructions.
 //!
 //! The same results as `kernels::depthwise::<u8, u8, true>`: its f32 sums of integers are exact
-//! (`IntegerWeights::new` checks the bounds that make them so), so they equal these i32 ones; the requantization is the same f32 operations in the same order.
+//! (`IntegerWeights::new` checks the bounds that make them so), so they equal these i32 ones; the
+//! requantization is the same f32 product and rounding, then integer steps that give the same
+//! bytes as its f32 clamps (`Requant`).
 
 use std::arch::aarch64::*;
 
@@ -32,50 +34,54 @@ pub fn depthwise(
     assert_eq!(w.kernel.len(), g.kernel_h * g.kernel_w * c);
     assert!(w.bias.len() == c && p.multiplier.len() == c);
     let blocks = c / LANES;
+    assert_eq!(w.blocked.len(), blocks * g.kernel_h * g.kernel_w * LANES);
     let xz = p.x_zero_point as u8;
-    // Safety: NEON is part of the aarch64 baseline.
-    let q = unsafe {
-        Requant {
-            lo: vdupq_n_f32(p.lo),
-            hi: vdupq_n_f32(p.hi),
-            yz: vdupq_n_f32(p.y_zero_point),
-        }
-    };
+    let q = Requant::new(p);
+    // A 3×3 window wholly inside the map (most of them): its taps lie at fixed distances from its
+    // first, so their offsets stay in registers, and a block's 9 × 16 weights are one run of
+    // memory (`IntegerWeights::blocked`).
+    let whole_3x3 = g.kernel_h == 3 && g.kernel_w == 3;
+    let apart: [usize; 9] = std::array::from_fn(|t| ((t / 3) * g.in_w + t % 3) * c);
     for_each_window(g, |pixel, taps| {
         let out = pixel * c;
-        for block in 0..blocks {
-            let at = block * LANES;
-            // Safety: every tap's input offset is a pixel inside the map and its kernel
-            // offset a tap of the kernel (asserted sizes above), so the 16 channels from `at`
-            // (a whole block, `at + 16 <= c`) lie within `x` and `w.kernel`; likewise the
-            // bias, the multipliers and the output pixel's channels.
-            unsafe {
-                let mut acc = [
-                    vld1q_s32(w.bias.as_ptr().add(at)),
-                    vld1q_s32(w.bias.as_ptr().add(at + 4)),
-                    vld1q_s32(w.bias.as_ptr().add(at + 8)),
-                    vld1q_s32(w.bias.as_ptr().add(at + 12)),
-                ];
-                let xzv = vdup_n_u8(xz);
-                for &(xo, ko) in taps {
-                    let xv = vld1q_u8(x.as_ptr().add(xo + at));
-                    // Bytes minus the zero point, within ±255: exact as i16.
-                    let lo = vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(xv), xzv));
-                    let hi = vreinterpretq_s16_u16(vsubl_high_u8(xv, vdupq_n_u8(xz)));
-                    let kl = vld1q_s16(w.kernel.as_ptr().add(ko + at));
-                    let kh = vld1q_s16(w.kernel.as_ptr().add(ko + at + 8));
-                    acc[0] = vmlal_s16(acc[0], vget_low_s16(lo), vget_low_s16(kl));
-                    acc[1] = vmlal_high_s16(acc[1], lo, kl);
-                    acc[2] = vmlal_s16(acc[2], vget_low_s16(hi), vget_low_s16(kh));
-                    acc[3] = vmlal_high_s16(acc[3], hi, kh);
+        if whole_3x3 && taps.len() == 9 {
+            let first = taps[0].0;
+            debug_assert!(taps.iter().zip(apart).all(|(&(xo, _), d)| xo == first + d));
+            for block in 0..blocks {
+                let at = block * LANES;
+                // Safety: the window lies inside the map, so each tap's 16 channels from `at` (a
+                // whole block) lie within `x`; the block's 144 weights within `w.blocked` (9
+                // taps × 16 for each whole block); bias, multipliers and the output pixel's
+                // channels as below.
+                unsafe {
+                    let mut acc = block_bias(&w.bias, at);
+                    let xp = x.as_ptr().add(first + at);
+                    let kp = w.blocked.as_ptr().add(block * 9 * LANES);
+                    for (t, &d) in apart.iter().enumerate() {
+                        tap(&mut acc, vld1q_u8(xp.add(d)), xz, kp.add(t * LANES));
+                    }
+                    let m = p.multiplier.as_ptr().add(at);
+                    let bytes = q.apply(acc, std::array::from_fn(|i| vld1q_f32(m.add(4 * i))));
+                    vst1q_u8(y.as_mut_ptr().add(out + at), bytes);
                 }
-                let m = p.multiplier.as_ptr().add(at);
-                let v: [int32x4_t; 4] =
-                    std::array::from_fn(|i| q.apply(acc[i], vld1q_f32(m.add(4 * i))));
-                let lo16 = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
-                let hi16 = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
-                let bytes = vcombine_u8(vqmovun_s16(lo16), vqmovun_s16(hi16));
-                vst1q_u8(y.as_mut_ptr().add(out + at), bytes);
+            }
+        } else {
+            for block in 0..blocks {
+                let at = block * LANES;
+                // Safety: every tap's input offset is a pixel inside the map and its kernel
+                // offset a tap of the kernel (asserted sizes above), so the 16 channels from `at`
+                // (a whole block, `at + 16 <= c`) lie within `x` and `w.kernel`; likewise the
+                // bias, the multipliers and the output pixel's channels.
+                unsafe {
+                    let mut acc = block_bias(&w.bias, at);
+                    for &(xo, ko) in taps {
+                        let kp = w.kernel.as_ptr().add(ko + at);
+                        tap(&mut acc, vld1q_u8(x.as_ptr().add(xo + at)), xz, kp);
+                    }
+                    let m = p.multiplier.as_ptr().add(at);
+                    let bytes = q.apply(acc, std::array::from_fn(|i| vld1q_f32(m.add(4 * i))));
+                    vst1q_u8(y.as_mut_ptr().add(out + at), bytes);
+                }
             }
         }
         for ch in blocks * LANES..c {
@@ -92,23 +98,75 @@ pub fn depthwise(
     });
 }
 
-/// The f32 loop's ending for four channels: × multiplier, rounded half to even, clamped to the
-/// output range in offsets, + the output zero point, truncated to an integer. The f32 loop then
-/// clamps to 0..=255; the saturating narrowings to bytes do the same.
+/// The 16 biases of the block of channels from `at`.
+///
+/// # Safety
+/// `bias` has 16 values from `at`.
+#[inline(always)]
+unsafe fn block_bias(bias: &[i32], at: usize) -> [int32x4_t; 4] {
+    let b = bias.as_ptr().add(at);
+    [
+        vld1q_s32(b),
+        vld1q_s32(b.add(4)),
+        vld1q_s32(b.add(8)),
+        vld1q_s32(b.add(12)),
+    ]
+}
+
+/// One tap of 16 channels: the bytes minus the zero point (within ±255: exact as i16) times the
+/// 16 weights at `kp`, added to the sums.
+///
+/// # Safety
+/// `kp` points to 16 weights.
+#[inline(always)]
+unsafe fn tap(acc: &mut [int32x4_t; 4], xv: uint8x16_t, xz: u8, kp: *const i16) {
+    let lo = vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(xv), vdup_n_u8(xz)));
+    let hi = vreinterpretq_s16_u16(vsubl_high_u8(xv, vdupq_n_u8(xz)));
+    let kl = vld1q_s16(kp);
+    let kh = vld1q_s16(kp.add(8));
+    acc[0] = vmlal_s16(acc[0], vget_low_s16(lo), vget_low_s16(kl));
+    acc[1] = vmlal_high_s16(acc[1], lo, kl);
+    acc[2] = vmlal_s16(acc[2], vget_low_s16(hi), vget_low_s16(kh));
+    acc[3] = vmlal_high_s16(acc[3], hi, kh);
+}
+
+/// The f32 loop's ending for 16 channels: × multiplier, rounded half to even, clamped to the
+/// output range in offsets, + the output zero point, then clamped to 0..=255. Here in integers
+/// after the rounding (`fcvtns`): + zero point after a saturating narrowing to i16, clamped as
+/// bytes to the range moved by the zero point. The same values: the range's bounds are whole
+/// steps of the output grid within 0..=255 once moved (`RequantizedDepthwise::range`), and a
+/// value saturated in a narrowing lies beyond that range either way.
 struct Requant {
-    lo: float32x4_t,
-    hi: float32x4_t,
-    yz: float32x4_t,
+    yz: int16x8_t,
+    lo: uint8x16_t,
+    hi: uint8x16_t,
 }
 
 impl Requant {
-    #[inline(always)]
-    fn apply(&self, acc: int32x4_t, m: float32x4_t) -> int32x4_t {
+    fn new(p: &DepthwiseParams) -> Requant {
+        let byte = |offset: f32| (offset + p.y_zero_point).clamp(0.0, 255.0) as u8;
         // Safety: NEON is part of the aarch64 baseline.
         unsafe {
-            let v = vrndnq_f32(vmulq_f32(vcvtq_f32_s32(acc), m));
-            let v = vminq_f32(vmaxq_f32(v, self.lo), self.hi);
-            vcvtq_s32_f32(vaddq_f32(v, self.yz))
+            Requant {
+                yz: vdupq_n_s16(p.y_zero_point as i16),
+                lo: vdupq_n_u8(byte(p.lo)),
+                hi: vdupq_n_u8(byte(p.hi)),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn apply(&self, acc: [int32x4_t; 4], m: [float32x4_t; 4]) -> uint8x16_t {
+        // Safety: NEON is part of the aarch64 baseline.
+        unsafe {
+            let v: [int32x4_t; 4] =
+                std::array::from_fn(|i| vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(acc[i]), m[i])));
+            let lo16 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[0]), v[1]), self.yz);
+            let hi16 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[2]), v[3]), self.yz);
+            vminq_u8(
+                vmaxq_u8(vqmovun_high_s16(vqmovun_s16(lo16), hi16), self.lo),
+                self.hi,
+            )
         }
     }
 }

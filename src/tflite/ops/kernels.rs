@@ -125,6 +125,9 @@ pub struct DepthwiseParams<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntegerWeights {
     pub kernel: Vec<i16>,
+    /// The whole blocks of 16 channels of `kernel`, block by block: each block's taps one after
+    /// the other, so a block's weights are one run of memory.
+    pub blocked: Vec<i16>,
     pub bias: Vec<i32>,
 }
 
@@ -139,9 +142,21 @@ impl IntegerWeights {
         let limit = (1 << 23) as f32;
         let bias = p.bias.iter().all(|&b| exact(b, -limit, limit));
         let zero_point = exact(p.x_zero_point, 0.0, 255.0);
-        (kernel && bias && zero_point).then(|| IntegerWeights {
-            kernel: p.kernel.iter().map(|&k| k as i16).collect(),
-            bias: p.bias.iter().map(|&b| b as i32).collect(),
+        let channels = p.bias.len();
+        (kernel && bias && zero_point && channels > 0).then(|| {
+            let kernel: Vec<i16> = p.kernel.iter().map(|&k| k as i16).collect();
+            let taps = kernel.len() / channels;
+            let mut blocked = Vec::with_capacity(channels / LANES * LANES * taps);
+            for block in 0..channels / LANES {
+                for tap in 0..taps {
+                    blocked.extend_from_slice(&kernel[tap * channels + block * LANES..][..LANES]);
+                }
+            }
+            IntegerWeights {
+                kernel,
+                blocked,
+                bias: p.bias.iter().map(|&b| b as i32).collect(),
+            }
         })
     }
 }
