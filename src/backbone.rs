@@ -19,7 +19,7 @@ use crate::models::Layout;
 use crate::models::{InputDtype, ModelFormat, ModelSpec, Precision, ResolvedModel, ScoresKind};
 use crate::numeric;
 use crate::tflite;
-pub use crate::tflite::one_thread_per_frame;
+pub use crate::tflite::{frames_may_spread, one_thread_per_frame};
 use crate::{calibration, preprocess};
 
 /// Width of MobileNetV2 1.0's pooled feature vector.
@@ -48,6 +48,7 @@ pub enum BackboneError {
 /// Whether this CPU runs `precision`: f16 needs FP16 arithmetic, and tract must know it has it
 /// so that the plan gets its FP16 kernels rather than a slow emulation of f16 in f32.
 pub fn check_precision(precision: Precision) -> Result<(), BackboneError> {
+    leave_out_tract_amx();
     if precision != Precision::F16 {
         return Ok(());
     }
@@ -128,6 +129,7 @@ impl Backbone {
             return Err(BackboneError::NoScores(spec.name.clone()));
         }
         keep_freed_memory_for_the_next_frame();
+        leave_out_tract_amx();
         let load_err = |reason: String| BackboneError::Load {
             path: model.path.display().to_string(),
             name: spec.name.clone(),
@@ -303,6 +305,23 @@ fn keep_freed_memory_for_the_next_frame() {
             libc::mallopt(libc::M_TOP_PAD, 32 << 20);
         });
     }
+}
+
+/// tract picks its AMX int8 matrix kernel where the CPU has AMX (Intel Xeon, 4th generation on),
+/// and with tract-linalg 0.23.9 that kernel crashes the process (SIGSEGV in
+/// `avx512amx_mmm_i32_8x8`): on an AMX Xeon the ONNX int8 golden tests died in 16 runs of 26,
+/// and in none of 6 with AMX left out. Integer products are exact in every kernel, so leaving it out
+/// changes no result; tract then takes its AVX-512 VNNI kernel (our TFLite int8 graph uses our
+/// own products either way). Set below the environment, before tract first reads the CPU's
+/// features: a `TRACT_CPU_ISA` the user sets still decides.
+fn leave_out_tract_amx() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another configuration in this process set a different value first.
+        if let Err(e) = tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8") {
+            log::debug!("TRACT_CPU_ISA left as configured: {e:#}");
+        }
+    });
 }
 
 fn f32_values(t: &Tensor) -> Result<Vec<f32>, BackboneError> {
