@@ -8,7 +8,7 @@ use image::RgbImage;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::backbone::{Backbone, BackboneError, EMBEDDING_DIM};
+use crate::backbone::{self, Backbone, BackboneError, EMBEDDING_DIM};
 use crate::head::{BackboneRef, Head};
 use crate::numeric::argmax;
 use crate::preprocess::{self, PREPROCESS_ACCEPTED, PREPROCESS_VERSION};
@@ -234,13 +234,62 @@ pub fn classify(
 ) -> Result<Prediction, BackboneError> {
     let n = views.unwrap_or(head.views).count();
     let fitted = preprocess::fit(img, backbone.input_size());
-    let embeddings = (0..n)
-        .map(|v| backbone.embed(&views::view(&fitted, v)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let embeddings = embed_views(backbone, &fitted, n, view_threads(n))?;
     Ok(
         Prediction::from_probs(head, head.predict_views(&embeddings))
             .with_novelty(head, &embeddings[0]),
     )
+}
+
+/// How many threads the `n` views of one frame run on: up to one per core. Views are whole
+/// frames that need nothing from each other, and a thread costs tens of microseconds against
+/// milliseconds a view, so, unlike a frame's rows, they pay from the second view on (a 4-view
+/// frame on a 4-core Pi takes one view's time, not four). One where the caller already runs
+/// frames side by side (`finetune`'s workers).
+pub fn view_threads(n: usize) -> usize {
+    if !backbone::frames_may_spread() {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    cores.min(n).max(1)
+}
+
+/// The embeddings of the `n` views of `fitted` (already at the input size), in view order, on
+/// `threads` threads. On one, a single view may still split its rows ([`Backbone::set_threads`]).
+pub fn embed_views(
+    backbone: &Backbone,
+    fitted: &RgbImage,
+    n: usize,
+    threads: usize,
+) -> Result<Vec<Vec<f32>>, BackboneError> {
+    if threads <= 1 {
+        return (0..n)
+            .map(|v| backbone.embed(&views::view(fitted, v)))
+            .collect();
+    }
+    // Thread t embeds views t, t + threads, …; the calling thread is thread 0.
+    let share = |t: usize| {
+        backbone::one_thread_per_frame(|| {
+            (t..n)
+                .step_by(threads)
+                .map(|v| (v, backbone.embed(&views::view(fitted, v))))
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut embedded = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|t| s.spawn(move || share(t))).collect();
+        let mut all = share(0);
+        for other in others {
+            all.extend(
+                other
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            );
+        }
+        all
+    });
+    embedded.sort_by_key(|(v, _)| *v);
+    embedded.into_iter().map(|(_, e)| e).collect()
 }
 
 pub struct Classifier {

@@ -8,7 +8,7 @@ use common::*;
 use edge_mnv2::backbone::{check_precision, cosine, embedding_id, Backbone, BackboneError};
 use edge_mnv2::models::Precision;
 use edge_mnv2::models::{self, Manifest};
-use edge_mnv2::preprocess;
+use edge_mnv2::{classifier, preprocess, views};
 
 #[cfg(feature = "onnx")]
 fn backbone(name: &str, with_scores: bool) -> Backbone {
@@ -169,6 +169,32 @@ fn frames_split_over_threads_give_the_same_embeddings() {
                 );
             }
         }
+    }
+}
+
+/// tract's AMX int8 kernel crashes (see `backbone::leave_out_tract_amx`): once a backbone is
+/// loaded, tract's kernel choice no longer includes it, on any CPU. On an AMX CPU without the
+/// fix this fails (and the ONNX int8 tests here die with SIGSEGV in most runs).
+#[test]
+fn tract_never_picks_its_amx_int8_kernel() {
+    let _b = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::Int8);
+    use tract_core::tract_linalg::isa::{native, Isa};
+    assert!(!native().has(Isa::X86_64AmxInt8), "{:?}", native());
+}
+
+/// The views of a frame side by side on threads (as `serve` and `predict` run them) give each
+/// view's own embedding, in view order, whatever the thread count.
+#[test]
+fn views_side_by_side_give_each_views_embedding_in_order() {
+    let b = backbone_in("mobilenet_v2_1.0_224_quant", false, Precision::Int8);
+    let fitted = frame(GOLDEN_IMAGES[0]);
+    let one_by_one: Vec<Vec<f32>> = (0..4)
+        .map(|v| b.embed(&views::view(&fitted, v)).unwrap())
+        .collect();
+    assert!(one_by_one[0] != one_by_one[1]);
+    for threads in [2, 3] {
+        let side_by_side = classifier::embed_views(&b, &fitted, 4, threads).unwrap();
+        assert!(side_by_side == one_by_one, "{threads} threads");
     }
 }
 

@@ -54,7 +54,7 @@ use tract_tflite::tflite as fb;
 use tract_tflite::tflite::BuiltinOperator;
 
 use crate::models::Precision;
-pub use ops::frame_threads::{one_thread_per_frame, with_frame_threads};
+pub use ops::frame_threads::{frames_may_spread, one_thread_per_frame, with_frame_threads};
 
 #[derive(Debug, Error)]
 pub enum TfliteError {

@@ -36,6 +36,12 @@ pub fn one_thread_per_frame<R>(run: impl FnOnce() -> R) -> R {
     with_set(&CAP, 1, run)
 }
 
+/// Whether frames run on this thread may start threads of their own: not where this thread is
+/// already one of several frames side by side ([`one_thread_per_frame`]).
+pub fn frames_may_spread() -> bool {
+    CAP.get() > 1
+}
+
 /// Runs `run` with `cell` set to `value`, restored however `run` ends (a panic caught above
 /// cannot leave the value behind).
 fn with_set<R>(cell: &'static LocalKey<Cell<usize>>, value: usize, run: impl FnOnce() -> R) -> R {
