@@ -1,7 +1,8 @@
 //! Decompression bombs: small files (≤ 2 MB) of every supported format declaring a huge image.
 //! Each is refused from its header, before a decoder allocates the image, with a one-line reason,
-//! and `classify` stays within 200 MB of memory (before the size check, a 16384×16384 PNG took
-//! it to 1.9 GB). A truncated JPEG is refused too: decoders fill the missing data with grey.
+//! and `classify`, or `serve` answering `POST /classify`, stays within 200 MB of memory (before the
+//! size check, a 16384×16384 PNG took either to 1.9 GB). A truncated JPEG is refused too: decoders
+//! fill the missing data with grey.
 
 mod common;
 
@@ -158,17 +159,21 @@ fn classify_peak(file: &Path) -> (Option<i32>, String, i64) {
     (code, err, usage.ru_maxrss)
 }
 
-#[test]
-fn decompression_bombs_are_refused_from_the_header_in_bounded_memory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let bombs: [(&str, Vec<u8>, &str); 5] = [
+/// One bomb of each format: (file name, bytes, the size its refusal names).
+fn bombs() -> [(&'static str, Vec<u8>, &'static str); 5] {
+    [
         ("bomb.png", png_bomb(), "16384x16384 (268 megapixels)"),
         ("bomb.gif", gif_bomb(), "16384x16384 (268 megapixels)"),
         ("bomb.bmp", bmp_bomb(), "16384x16384 (268 megapixels)"),
         ("bomb.webp", webp_bomb(), "16384x16384 (268 megapixels)"),
         ("bomb.jpg", jpeg_bomb(), "65535x65535 (4295 megapixels)"),
-    ];
-    for (name, bytes, size) in bombs {
+    ]
+}
+
+#[test]
+fn decompression_bombs_are_refused_from_the_header_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes, size) in bombs() {
         assert!(bytes.len() <= 2_000_000, "{name}: {} bytes", bytes.len());
         // The file is an image its decoder reads: its header alone says how large.
         let (w, h) = image::ImageReader::new(Cursor::new(&bytes))
@@ -217,4 +222,52 @@ fn truncated_jpegs_are_refused_by_classify() {
         stderr(&o)
     );
     assert_eq!(stdout(&o), "");
+}
+
+/// The same bombs posted to a running service's `POST /classify` (as any client on the board may,
+/// no token needed on loopback): each answered 400 with the size refusal, and the service's peak
+/// memory (its VmHWM, frame loop and all) within the same 200 MB. Before the size check a PNG bomb
+/// took `serve` to 1.9 GB.
+#[cfg(feature = "http")]
+#[test]
+fn bombs_posted_to_serve_are_refused_in_bounded_memory() {
+    use common::served::{http, Served};
+    let val = shared().join("datasets/hymenoptera/val");
+    let mut served = Served::start(&[
+        "--head",
+        s(shared_head()),
+        "--source",
+        s(&val),
+        "--fps",
+        "5",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = served.addr();
+    served.wait(
+        "a first frame classified",
+        std::time::Duration::from_secs(120),
+        |_| http(&addr, "GET", "/latest", b"").0 == 200,
+    );
+    for (name, bytes, size) in bombs() {
+        let (status, body) = http(&addr, "POST", "/classify", &bytes);
+        eprintln!("{name}: {status} {}", body.trim());
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(
+            body.contains(&format!("image is {size}, over the 64-megapixel limit")),
+            "{name}: {body}"
+        );
+    }
+    // The service still classifies what it should.
+    let bee = std::fs::read(val.join("bees/10870992_eebeeb3a12.jpg")).unwrap();
+    let (status, body) = http(&addr, "POST", "/classify", &bee);
+    assert_eq!(status, 200, "{body}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.child.id())).unwrap();
+    let peak_kb: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    eprintln!("serve peak RSS {peak_kb} KiB");
+    assert!(peak_kb <= MAX_RSS_KB, "serve: peak RSS {peak_kb} KiB");
 }

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::served::Served;
+use common::served::{http, Served};
 use common::*;
 use edge_mnv2::head::Head;
 use serde_json::Value;
@@ -25,24 +23,6 @@ fn head_copy(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::copy(shared_head(), d.join("head.json")).unwrap();
     d
-}
-
-/// (status, body) of one HTTP/1.1 request.
-fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    c.write_all(body).unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
 }
 
 fn json_of(body: &str) -> Value {
