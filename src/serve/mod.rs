@@ -232,13 +232,16 @@ pub fn run(
         head.sha256
     );
     let views = opts.views.unwrap_or(head.head.views);
+    let side_by_side = crate::classifier::view_threads(views.count());
+    let rounds = views.count().div_ceil(side_by_side);
     log::info!(
-        "views per frame: {} ({}): each frame is embedded {} time(s), so inference takes about {}× a single view's time and the frame rate is about 1/{} of it{}",
+        "views per frame: {} ({}): each frame is embedded {} time(s), {} at a time (one per core), so inference takes about {}× a single view's time and the frame rate is about 1/{} of it{}",
         views.count(),
         views.names().join(", "),
         views.count(),
-        views.count(),
-        views.count(),
+        side_by_side,
+        rounds,
+        rounds,
         if views.count() > 1 { " (--views 1 for speed)" } else { "" }
     );
     match &head.head.novelty {
