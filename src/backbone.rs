@@ -313,15 +313,19 @@ fn keep_freed_memory_for_the_next_frame() {
 /// and in none of 6 with AMX left out. Integer products are exact in every kernel, so leaving it out
 /// changes no result; tract then takes its AVX-512 VNNI kernel (our TFLite int8 graph uses our
 /// own products either way). Set below the environment, before tract first reads the CPU's
-/// features: a `TRACT_CPU_ISA` the user sets still decides.
+/// features: a `TRACT_CPU_ISA` the user sets still decides. x86-64 only: tract refuses (panics on)
+/// a feature of another architecture in that setting.
 fn leave_out_tract_amx() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Fails only if another configuration in this process set a different value first.
-        if let Err(e) = tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8") {
-            log::debug!("TRACT_CPU_ISA left as configured: {e:#}");
-        }
-    });
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Fails only if another configuration in this process set a different value first.
+            if let Err(e) = tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8") {
+                log::debug!("TRACT_CPU_ISA left as configured: {e:#}");
+            }
+        });
+    }
 }
 
 fn f32_values(t: &Tensor) -> Result<Vec<f32>, BackboneError> {
