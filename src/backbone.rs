@@ -310,7 +310,7 @@ fn keep_freed_memory_for_the_next_frame() {
 /// tract picks its AMX int8 matrix kernel where the CPU has AMX (Intel Xeon, 4th generation on),
 /// and with tract-linalg 0.23.9 that kernel crashes the process (SIGSEGV in
 /// `avx512amx_mmm_i32_8x8`): on an AMX Xeon the ONNX int8 golden tests died in 16 runs of 26,
-/// and in none of 6 with AMX left out. Integer products are exact in every kernel, so leaving it out
+/// and in none of 14 with AMX left out. Integer products are exact in every kernel, so leaving it out
 /// changes no result; tract then takes its AVX-512 VNNI kernel (our TFLite int8 graph uses our
 /// own products either way). Set below the environment, before tract first reads the CPU's
 /// features: a `TRACT_CPU_ISA` the user sets still decides. x86-64 only: tract refuses (panics on)
