@@ -250,8 +250,14 @@ pub fn view_threads(n: usize) -> usize {
     if !backbone::frames_may_spread() {
         return 1;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    cores.min(n).max(1)
+    cores().min(n).max(1)
+}
+
+/// The cores this process may use, read once: `available_parallelism` reads the cgroup's CPU quota
+/// from files on every call, work a frame should not repeat.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
 }
 
 /// The embeddings of the `n` views of `fitted` (already at the input size), in view order, on
